@@ -1,0 +1,69 @@
+# CV Cookbook: `make course` runs the whole course, `make test` runs the tests.
+# Both create what they need first (venv, Jupyter kernel, data). Name a subset with NB="00 01".
+
+PYTHON3 ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+NB ?=
+BUILD ?= build
+PIP_FLAGS ?=
+# A venv stamp per project folder: a venv cached outside the clone gets cvhelpers re-pointed here.
+ROOT_KEY := $(shell printf '%s' "$(CURDIR)" | cksum | cut -d' ' -f1)
+# The venv is keyed on the pins: change requirements.txt/constraints.txt and it is rebuilt.
+REQ_KEY := $(shell cat requirements.txt constraints.txt | sha256sum | cut -c1-16)
+# Debian packages with offline data: Fashion-MNIST, and real photos with VOC/COCO labels.
+APT_PACKAGES ?= dataset-fashion-mnist labelme-examples
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+PIP := $(PY) -m pip --disable-pip-version-check
+
+.PHONY: help venv system-data data course test unit notebooks lab clean
+
+help:
+	@echo "make course   run every notebook in its full profile -> $(BUILD)/results.{json,md}"
+	@echo "make test     unit tests + every notebook in its smoke profile"
+	@echo "make lab      open JupyterLab on the course"
+	@echo "options: NB=\"00 01\" (subset)  VENV=path (default .venv)"
+
+$(VENV)/.installed-$(REQ_KEY):
+	test -x $(PY) || $(PYTHON3) -m venv $(VENV)
+	$(PIP) install $(PIP_FLAGS) -q -r requirements.txt -c constraints.txt
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+$(VENV)/.cvhelpers-$(ROOT_KEY): $(VENV)/.installed-$(REQ_KEY) pyproject.toml
+	$(PIP) install $(PIP_FLAGS) -q --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --user --name cv-cookbook --display-name "CV Cookbook (Python 3.11)" >/dev/null
+	rm -f $(VENV)/.cvhelpers-*
+	touch $@
+
+venv: $(VENV)/.cvhelpers-$(ROOT_KEY)
+
+system-data:
+	@if command -v apt-get >/dev/null && command -v dpkg >/dev/null; then \
+	  missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages: $$missing"; \
+	    $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing \
+	      || echo "warning: could not install $$missing; the loaders will look elsewhere"; \
+	  fi; \
+	fi
+
+data: venv system-data
+	$(PY) -m cvhelpers.data.prepare --root datasets
+
+unit: data
+	$(PY) -m pytest tests
+
+notebooks: data
+	$(PY) -m cvhelpers.runner --profile smoke --out $(BUILD)/smoke $(NB)
+
+test: unit notebooks
+
+course: data
+	$(PY) -m cvhelpers.runner --profile full --out $(BUILD) $(NB)
+
+lab: data
+	cd notebooks && $(abspath $(PY)) -m jupyter lab
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,180 @@
+"""The environment every notebook starts from: offline switches, threads, device, versions.
+
+Call :func:`setup` first thing in a notebook or script, *before* importing ultralytics, timm,
+albumentations or huggingface_hub: several of them read their switches at import time.
+
+>>> from cvhelpers.env import setup
+>>> info = setup()          # offline, all cores for torch
+>>> info["offline"]
+True
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+#: Environment variables that stop the course's libraries from reaching the network.
+OFFLINE_ENV: dict[str, str] = {
+    "HF_HUB_OFFLINE": "1",  # timm / smp pretrained weights come from the Hugging Face hub
+    "HF_DATASETS_OFFLINE": "1",
+    "NO_ALBUMENTATIONS_UPDATE": "1",  # albumentations GETs PyPI at import to check for updates
+    "YOLO_OFFLINE": "1",  # ultralytics: no DNS probes, no GitHub asset downloads
+    "YOLO_AUTOINSTALL": "0",  # ultralytics: no `pip install` of missing extras (e.g. onnxslim)
+}
+
+#: Packages whose versions the environment report lists, in this order.
+REPORTED_PACKAGES = (
+    "torch", "torchvision", "numpy", "pillow", "timm", "albumentations", "ultralytics",
+    "segmentation-models-pytorch", "torchmetrics", "pycocotools", "onnx", "onnxruntime",
+    "onnxscript", "scikit-learn", "scikit-image", "matplotlib", "papermill", "cvhelpers",
+)
+
+
+def default_cache_dir() -> Path:
+    """Where the course keeps its own configuration files (``~/.cache/cv-cookbook``).
+
+    Override with the ``CVC_CACHE_DIR`` environment variable.
+    """
+    return Path(os.environ.get("CVC_CACHE_DIR", Path.home() / ".cache" / "cv-cookbook"))
+
+
+def _ultralytics_config_dir(cache_dir: Path) -> Path:
+    """A YOLO_CONFIG_DIR with a font in it, so ultralytics never fetches Arial.ttf from GitHub."""
+    config = cache_dir / "ultralytics"
+    font = config / "Ultralytics" / "Arial.ttf"
+    if not font.exists():
+        import matplotlib  # ships DejaVuSans, a free TTF that ultralytics can draw labels with
+
+        source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        font.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, font)
+    return config
+
+
+def setup(offline: bool = True, threads: int | None = None, quiet: bool = True) -> dict[str, Any]:
+    """Make this process offline-safe and give torch the right number of threads.
+
+    Args:
+        offline: set the switches in :data:`OFFLINE_ENV` (existing values are overwritten) and
+            point ultralytics at a config folder with its font, so nothing phones home.
+        threads: torch intra-op threads; ``None`` means every core this process may use.
+            (``import ultralytics`` sets ``OMP_NUM_THREADS=1``, which made torch ~1.7x slower
+            here: setting the thread count explicitly undoes that.)
+        quiet: silence ultralytics' banner and settings messages.
+
+    Returns:
+        A dict with ``offline``, ``threads``, ``torch_home`` and ``yolo_config_dir``.
+    """
+    import torch
+
+    cache_dir = default_cache_dir()
+    if offline:
+        os.environ.update(OFFLINE_ENV)
+        os.environ["YOLO_CONFIG_DIR"] = str(_ultralytics_config_dir(cache_dir))
+    if quiet:
+        os.environ.setdefault("YOLO_VERBOSE", "False")
+    # torch.hub reads TORCH_HOME; make the default explicit so lessons can say where weights go.
+    os.environ.setdefault("TORCH_HOME", str(Path.home() / ".cache" / "torch"))
+    n_threads = threads or usable_cores()
+    torch.set_num_threads(n_threads)
+    if "ultralytics" in sys.modules:
+        configure_ultralytics()
+    return {
+        "offline": offline,
+        "threads": torch.get_num_threads(),
+        "torch_home": os.environ["TORCH_HOME"],
+        "yolo_config_dir": os.environ.get("YOLO_CONFIG_DIR"),
+    }
+
+
+def configure_ultralytics() -> None:
+    """Turn off ultralytics' analytics sync (call after :func:`setup`; imports ultralytics)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    from ultralytics.utils import SETTINGS
+
+    SETTINGS.update({"sync": False})
+    torch.set_num_threads(threads)  # importing ultralytics may have lowered it
+
+
+def usable_cores() -> int:
+    """The number of CPU cores this process may run on (respects affinity masks / containers)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def pick_device(preference: str = "auto") -> "torch.device":  # noqa: F821
+    """Return a ``torch.device``: ``"auto"`` picks CUDA, then Apple MPS, then CPU.
+
+    >>> pick_device("cpu").type
+    'cpu'
+    """
+    import torch
+
+    if preference != "auto":
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def package_versions(names: tuple[str, ...] = REPORTED_PACKAGES) -> dict[str, str | None]:
+    """Installed versions of ``names`` (``None`` for a package that is not installed)."""
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, memory, GPU and OS of this machine, for results files."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory_gb = None
+    try:
+        memory_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu": cpu,
+        "cores": usable_cores(),
+        "memory_gb": memory_gb,
+        "gpu": gpu,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def environment_report() -> dict[str, Any]:
+    """Everything a bug report needs: machine, versions, threads, device, offline switches."""
+    import torch
+
+    return {
+        "machine": machine_info(),
+        "versions": package_versions(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(pick_device()),
+        "offline_switches": {key: os.environ.get(key) for key in OFFLINE_ENV},
+        "torch_home": os.environ.get("TORCH_HOME"),
+    }

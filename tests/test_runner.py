@@ -1,0 +1,79 @@
+"""The notebook runner, end to end on three tiny notebooks (kernels run in subprocesses)."""
+
+import json
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from cvhelpers.runner import find_notebooks, render_markdown
+
+PARAMETERS = 'PROFILE = "full"\nRESULTS_FILE = None\nDATA_DIR = "."\nOUTPUT_DIR = "."'
+
+
+def write_notebook(path, body):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell(PARAMETERS, metadata={"tags": ["parameters"]})
+    nb.cells = [params, nbformat.v4.new_code_cell(
+        "from cvhelpers.results import Recorder\n"
+        f"rec = Recorder(RESULTS_FILE, notebook={path.stem!r}, profile=PROFILE)"),
+        nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("course")
+    nbs = root / "notebooks"
+    nbs.mkdir()
+    write_notebook(nbs / "00_ok.ipynb", 'rec.record("acc", 0.95, target=">= 0.9", smoke_target=">= 0.5")\n'
+                   'import pathlib; pathlib.Path(OUTPUT_DIR).mkdir(parents=True); rec.note("profile", PROFILE)')
+    write_notebook(nbs / "01_raises.ipynb", "x = 1\nraise RuntimeError('boom in the lesson')")
+    write_notebook(nbs / "02_misses.ipynb", 'rec.record("acc", 0.4, target=">= 0.9", smoke_target=">= 0.5")')
+    out = root / "build"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cvhelpers.runner", "--profile", "smoke", "--notebooks-dir", str(nbs),
+         "--out", str(out), "--data-dir", str(root)],
+        capture_output=True, text=True, timeout=300,
+    )
+    return proc, out, nbs
+
+
+def test_runner_exit_code_and_summary_line(run):
+    proc, _, _ = run
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "notebooks: 1 passed, 2 failed"
+
+
+def test_runner_shows_the_failing_cell_and_missed_target(run):
+    proc, _, _ = run
+    assert "RuntimeError in cell 3: boom in the lesson" in proc.stdout
+    assert "raise RuntimeError('boom in the lesson')" in proc.stdout
+    assert "missed target: acc = 0.4 (target >= 0.5)" in proc.stdout
+
+
+def test_results_json_and_markdown(run):
+    _, out, _ = run
+    results = json.loads((out / "results.json").read_text())
+    entries = {e["notebook"]: e for e in results["notebooks"]}
+    assert [entries[n]["status"] for n in ("00_ok", "01_raises", "02_misses")] == ["passed", "error", "failed"]
+    ok = entries["00_ok"]
+    assert ok["metrics"][0] == {"name": "acc", "value": 0.95, "target": ">= 0.5", "passed": True, "unit": ""}
+    assert ok["info"] == {"profile": "smoke"}  # the injected parameter reached the kernel
+    assert ok["peak_rss_mb"] > 30  # the kernel's memory, not zero
+    assert ok["seconds"] > 0 and ok["budget_s"] == 60
+    assert results["versions"]["torch"] and results["machine"]["cores"] >= 1
+    md = (out / "results.md").read_text()
+    assert "| 02_misses | acc | 0.4 | >= 0.5 | MISSED |" in md
+    assert md == render_markdown(results)
+    assert (out / "notebooks" / "00_ok.ipynb").exists()
+
+
+def test_find_notebooks_by_prefix(run):
+    _, _, nbs = run
+    assert [p.stem for p in find_notebooks(nbs, ["02", "00"])] == ["00_ok", "02_misses"]
+    assert len(find_notebooks(nbs, [])) == 3
+    with pytest.raises(SystemExit, match="no notebook matches '7'"):
+        find_notebooks(nbs, ["7"])
