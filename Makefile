@@ -11,8 +11,9 @@ PIP_FLAGS ?=
 ROOT_KEY := $(shell printf '%s' "$(CURDIR)" | cksum | cut -d' ' -f1)
 # The venv is keyed on the pins: change requirements.txt/constraints.txt and it is rebuilt.
 REQ_KEY := $(shell cat requirements.txt constraints.txt | sha256sum | cut -c1-16)
-# Debian packages with offline data: Fashion-MNIST, and real photos with VOC/COCO labels.
-APT_PACKAGES ?= dataset-fashion-mnist labelme-examples
+# Debian packages with offline data: Fashion-MNIST, real photos with VOC/COCO labels, and
+# OpenCV's sample photos (more real photos with known ImageNet classes).
+APT_PACKAGES ?= dataset-fashion-mnist labelme-examples opencv-doc
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 PIP := $(PY) -m pip --disable-pip-version-check
 
@@ -43,7 +44,7 @@ system-data:
 	  missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages: $$missing"; \
-	    $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing \
+	    $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends $$missing \
 	      || echo "warning: could not install $$missing; the loaders will look elsewhere"; \
 	  fi; \
 	fi

@@ -4,9 +4,9 @@ A notebook records what it measured; the runner (``python -m cvhelpers.runner``)
 afterwards and fails the run when a metric misses its target for the profile that ran.
 
 >>> rec = Recorder(None, notebook="demo", profile="smoke")
->>> m = rec.record("test_accuracy", 0.93, target=">= 0.91", smoke_target=">= 0.3")
+>>> rec.record("test_accuracy", 0.93, target=">= 0.91", smoke_target=">= 0.3")
 test_accuracy = 0.93  (smoke target >= 0.3: met)
->>> m.passed
+>>> rec.metrics["test_accuracy"].passed
 True
 """
 
@@ -85,7 +85,7 @@ class Recorder:
         self.info: dict[str, Any] = {}
 
     def record(self, name: str, value: float, target: str | None = None,
-               smoke_target: str | None = None, unit: str = "") -> Metric:
+               smoke_target: str | None = None, unit: str = "") -> None:
         """Record ``value`` under ``name`` and print it with its verdict.
 
         Args:
@@ -93,8 +93,9 @@ class Recorder:
             smoke_target: the smoke profile's target (small data, a few steps: a sanity floor).
             unit: shown beside the value ("s", "MB", "img/s", ...).
 
-        Returns:
-            The :class:`Metric`, with ``passed`` True/False, or None when no target applies.
+        The :class:`Metric` is kept in ``self.metrics[name]``; its ``passed`` is True/False, or
+        None when the profile that ran sets no target. (Nothing is returned, so a record call at
+        the end of a notebook cell displays nothing but its printed line.)
         """
         value = float(value)
         chosen = smoke_target if self.profile == "smoke" else target
@@ -103,9 +104,8 @@ class Recorder:
         metric = Metric(name, value, str(parsed) if parsed else None, passed, unit)
         self.metrics[name] = metric
         verdict = "" if parsed is None else f"  ({self.profile} target {parsed}: {'met' if passed else 'MISSED'})"
-        print(f"{name} = {value:.4g}{' ' + unit if unit else ''}{verdict}")
+        print(f"{name} = {value:.6g}{' ' + unit if unit else ''}{verdict}")
         self._save()
-        return metric
 
     def note(self, key: str, value: Any) -> None:
         """Keep a JSON-serialisable fact beside the metrics (e.g. the device used)."""

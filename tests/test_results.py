@@ -28,7 +28,8 @@ def test_bad_target_is_refused(bad):
 def test_recorder_picks_the_profile_target_and_writes_json(tmp_path, capsys):
     path = tmp_path / "m.json"
     smoke = Recorder(path, notebook="nb", profile="smoke")
-    metric = smoke.record("acc", 0.5, target=">= 0.91", smoke_target=">= 0.3")
+    smoke.record("acc", 0.5, target=">= 0.91", smoke_target=">= 0.3")
+    metric = smoke.metrics["acc"]
     assert metric.passed is True and metric.target == ">= 0.3"
     assert "smoke target >= 0.3: met" in capsys.readouterr().out
     smoke.record("seconds", 12.0)  # no target: informational
@@ -37,7 +38,8 @@ def test_recorder_picks_the_profile_target_and_writes_json(tmp_path, capsys):
     assert data["metrics"][1]["passed"] is None
 
     full = Recorder(None, notebook="nb", profile="full")
-    assert full.record("acc", 0.5, target=">= 0.91", smoke_target=">= 0.3").passed is False
+    full.record("acc", 0.5, target=">= 0.91", smoke_target=">= 0.3")
+    assert full.metrics["acc"].passed is False
 
 
 def test_recorder_rejects_unknown_profile():

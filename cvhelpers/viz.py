@@ -1,0 +1,326 @@
+"""Pictures for the lessons: image grids, learning curves, confusion matrices, boxes and masks.
+
+Only matplotlib, NumPy and Pillow: nothing else from ``cvhelpers`` is imported, so these
+functions take plain arrays or tensors. Figure functions return the ``Figure`` (no
+``plt.show()`` inside: a notebook displays a returned figure, a script can ``fig.savefig``);
+drawing functions return a new ``H x W x 3`` ``uint8`` RGB array and leave the input untouched.
+
+Accepted image layouts: ``H x W`` grayscale, ``H x W x 1|3|4`` (NumPy style) or
+``1|3 x H x W`` (torch style); ``uint8`` in ``[0, 255]`` or float in ``[0, 1]`` (float images
+outside ``[0, 1]``, e.g. normalised ones, are rescaled to their own min..max for display).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = [
+    "PALETTE",
+    "to_display_image",
+    "to_rgb_uint8",
+    "show_images",
+    "plot_history",
+    "plot_confusion_matrix",
+    "draw_boxes",
+    "overlay_mask",
+    "show_mistakes",
+]
+
+# matplotlib's "tab10" colours as RGB bytes: class id k is drawn in PALETTE[k % 10].
+PALETTE: list[tuple[int, int, int]] = [
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+]
+
+
+def _as_array(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu()
+        return (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()
+    return np.asarray(x)
+
+
+def to_display_image(image: Any) -> np.ndarray:
+    """One image as ``H x W`` (grayscale) or ``H x W x 3|4``, ``uint8`` or float in ``[0, 1]``."""
+    img = _as_array(image)
+    if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3, 4):
+        img = img.transpose(1, 2, 0)  # C x H x W -> H x W x C
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[-1] not in (3, 4)):
+        raise ValueError(f"cannot show an image of shape {img.shape}; expected H x W, "
+                         "H x W x C or C x H x W with C in 1, 3, (4)")
+    if img.dtype == np.uint8:
+        return img
+    img = img.astype(np.float32)
+    if img.size and (img.min() < 0.0 or img.max() > 1.0):
+        low, high = float(img.min()), float(img.max())
+        img = (img - low) / (high - low) if high > low else np.zeros_like(img)
+    return img
+
+
+def to_rgb_uint8(image: Any) -> np.ndarray:
+    """One image as a new ``H x W x 3`` ``uint8`` RGB array (gray is repeated, alpha dropped)."""
+    img = to_display_image(image)
+    if img.dtype != np.uint8:
+        img = np.round(img * 255.0).astype(np.uint8)
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    return np.ascontiguousarray(img[..., :3])
+
+
+def _split_batch(images: Any) -> list[Any]:
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    arr = images
+    ndim = len(arr.shape)
+    if ndim == 4:
+        return [arr[i] for i in range(arr.shape[0])]
+    if ndim == 3:
+        is_tensor = hasattr(arr, "detach")
+        # a single image after all: torch 1|3 x H x W, or NumPy H x W x 3|4
+        if (is_tensor and arr.shape[0] in (1, 3)) or (not is_tensor and arr.shape[-1] in (3, 4)):
+            return [arr]
+        return [arr[i] for i in range(arr.shape[0])]  # N x H x W grayscale batch
+    if ndim == 2:
+        return [arr]
+    raise ValueError(f"expected a list of images or a batch array, got shape {arr.shape}")
+
+
+def show_images(images: Any, titles: Sequence[str] | None = None, ncols: int = 8, *,
+                title_colors: Sequence[str] | None = None, cmap: str = "gray",
+                size: float = 1.6, suptitle: str | None = None) -> Figure:
+    """A grid of images, one subplot per image (unused grid cells are removed).
+
+    Args:
+        images: a list of images in any accepted layout, a batch ``N x C x H x W`` or
+            ``N x H x W x C``, or ``N x H x W`` grayscale. A single 3-D array counts as one image
+            when it looks like one (torch ``1|3 x H x W``, NumPy ``H x W x 3``).
+        titles: one title per image.
+        ncols: images per row.
+        title_colors: one matplotlib colour per title (e.g. red for mistakes).
+        cmap: colour map for grayscale images.
+        size: inches per image.
+        suptitle: a title for the whole figure.
+
+    Returns:
+        The figure, with ``len(images)`` axes.
+
+    Example::
+
+        fig = show_images(images[:16], titles=[class_names[i] for i in labels[:16]])
+    """
+    items = _split_batch(images)
+    if not items:
+        raise ValueError("show_images: no images given")
+    if titles is not None and len(titles) != len(items):
+        raise ValueError(f"{len(titles)} titles for {len(items)} images")
+    ncols = max(1, min(ncols, len(items)))
+    nrows = -(-len(items) // ncols)  # ceiling division
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.4),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(items):
+            fig.delaxes(ax)
+            continue
+        img = to_display_image(items[i])
+        ax.imshow(img, cmap=cmap if img.ndim == 2 else None,
+                  vmin=0, vmax=255 if img.dtype == np.uint8 else 1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if titles is not None:
+            color = title_colors[i] if title_colors is not None else "black"
+            ax.set_title(str(titles[i]), fontsize=8, color=color)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history: Mapping[str, Any] | Any) -> Figure:
+    """Learning curves: loss (left) and accuracy (right) per epoch, train vs. validation.
+
+    Args:
+        history: ``History.to_dict()`` from ``cvhelpers.train.fit`` (or the ``History`` itself):
+            lists ``train_loss``, ``val_loss`` and optionally ``train_accuracy``,
+            ``val_accuracy``, ``epoch``; ``best_epoch`` (1-based) is marked with a dashed line.
+
+    Returns:
+        A figure with 2 axes, or 1 when there is no accuracy (e.g. detection).
+    """
+    h = history.to_dict() if hasattr(history, "to_dict") else dict(history)
+    epochs = list(h.get("epoch") or range(1, len(h["train_loss"]) + 1))
+
+    def has_values(key: str) -> bool:
+        return key in h and len(h[key]) > 0 and not np.all(np.isnan(np.asarray(h[key], float)))
+
+    panels = [("loss", "loss")]
+    if has_values("train_accuracy") or has_values("val_accuracy"):
+        panels.append(("accuracy", "accuracy"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+    for ax, (metric, label) in zip(axes.flat, panels):
+        for split, style in (("train", "o-"), ("val", "s-")):
+            key = f"{split}_{metric}"
+            if has_values(key):
+                ax.plot(epochs, h[key], style, label=split, markersize=4)
+        if h.get("best_epoch") is not None:
+            ax.axvline(h["best_epoch"], color="gray", linestyle="--", linewidth=1, label="best")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} per epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion_matrix(cm: Any, class_names: Sequence[str] | None = None,
+                          normalize: bool = True) -> Figure:
+    """Show a confusion matrix (rows = true class, columns = predicted) as a heat map.
+
+    Args:
+        cm: ``K x K`` counts, e.g. from ``cvhelpers.metrics.confusion_matrix``.
+        class_names: ``K`` names for the ticks.
+        normalize: divide each row by its total, so cells read as "fraction of class i
+            predicted as j" and the diagonal is each class's recall (rows without samples
+            stay 0). ``False`` shows raw counts.
+
+    Returns:
+        A figure with 2 axes: the matrix and its colour bar. Cells are annotated when K <= 20.
+    """
+    counts = _as_array(cm).astype(np.int64)
+    k = counts.shape[0]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
+    values = counts.astype(np.float64)
+    if normalize:
+        row_sums = values.sum(axis=1, keepdims=True)
+        values = np.divide(values, row_sums, out=np.zeros_like(values), where=row_sums > 0)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.5 + 0.5 * k))
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    fig.colorbar(image, ax=ax, label="fraction of true class" if normalize else "count")
+    ax.set_xticks(range(k), names, rotation=45, ha="right")
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("confusion matrix" + (" (rows sum to 1)" if normalize else " (counts)"))
+    if k <= 20:
+        threshold = values.max() / 2 if values.size else 0
+        for i in range(k):
+            for j in range(k):
+                text = f"{values[i, j]:.2f}" if normalize else str(counts[i, j])
+                ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                        color="white" if values[i, j] > threshold else "black")
+    fig.tight_layout()
+    return fig
+
+
+def draw_boxes(image: Any, boxes_xyxy: Any, labels: Any | None = None,
+               class_names: Sequence[str] | None = None, scores: Any | None = None, *,
+               width: int = 2) -> np.ndarray:
+    """Draw boxes (and optional class names and scores) on a copy of ``image``.
+
+    Args:
+        image: any accepted layout; the result is RGB.
+        boxes_xyxy: ``N x 4`` absolute pixel ``x1, y1, x2, y2`` with ``x2, y2`` the exclusive
+            edge (torchvision convention): the outline covers pixel columns ``x1 .. x2-1``.
+        labels: ``N`` class ids (0-based); sets colour and caption. ``None``: plain boxes.
+        class_names: names for the captions (default: the id).
+        scores: ``N`` confidences, appended to captions as ``0.87``.
+        width: line width in pixels, drawn inwards from the box edge.
+
+    Returns:
+        ``H x W x 3`` ``uint8`` RGB array. Captions sit on a filled label above the box (inside
+        it when the box touches the top of the image).
+    """
+    canvas = Image.fromarray(to_rgb_uint8(image))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    boxes = _as_array(boxes_xyxy).reshape(-1, 4)
+    label_ids = _as_array(labels).astype(int).ravel() if labels is not None else None
+    score_values = _as_array(scores).ravel() if scores is not None else None
+    for i, (x1, y1, x2, y2) in enumerate(np.round(boxes).astype(int)):
+        class_id = int(label_ids[i]) if label_ids is not None else 0
+        color = PALETTE[class_id % len(PALETTE)]
+        # PIL includes both corners, so the exclusive x2/y2 edge becomes x2-1/y2-1
+        draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=color, width=width)
+        if label_ids is None and score_values is None:
+            continue
+        caption = ""
+        if label_ids is not None:
+            caption = class_names[class_id] if class_names is not None else str(class_id)
+        if score_values is not None:
+            caption = f"{caption} {score_values[i]:.2f}".strip()
+        left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
+        text_w, text_h = right - left + 4, bottom - top + 4
+        y_text = y1 - text_h if y1 - text_h >= 0 else y1 + width
+        draw.rectangle([x1, y_text, x1 + text_w - 1, y_text + text_h - 1], fill=color)
+        draw.text((x1 + 2 - left, y_text + 2 - top), caption, fill=(255, 255, 255), font=font)
+    return np.asarray(canvas).copy()
+
+
+def overlay_mask(image: Any, semantic_mask: Any, alpha: float = 0.5) -> np.ndarray:
+    """Tint each object pixel with its class colour; background pixels stay unchanged.
+
+    Args:
+        image: any accepted layout, ``H x W``.
+        semantic_mask: ``H x W`` integers, 0 = background, ``class_id + 1`` for objects (the
+            course's mask convention); class id ``k`` gets ``PALETTE[k % 10]``.
+        alpha: opacity of the colour, 0 (invisible) to 1 (solid).
+
+    Returns:
+        ``H x W x 3`` ``uint8`` RGB: ``(1 - alpha) * image + alpha * colour`` on object pixels.
+    """
+    rgb = to_rgb_uint8(image)
+    mask = _as_array(semantic_mask).astype(np.int64)
+    if mask.shape != rgb.shape[:2]:
+        raise ValueError(f"mask shape {mask.shape} does not match image size {rgb.shape[:2]}")
+    palette = np.array(PALETTE, dtype=np.float32)
+    colors = palette[(mask - 1) % len(PALETTE)]  # H x W x 3; background rows are ignored below
+    blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colors
+    out = rgb.copy()
+    objects = mask > 0
+    out[objects] = np.round(blended[objects]).clip(0, 255).astype(np.uint8)
+    return out
+
+
+def show_mistakes(images: Any, true_labels: Any, pred_labels: Any,
+                  class_names: Sequence[str] | None = None, confidences: Any | None = None,
+                  ncols: int = 8) -> Figure:
+    """A gallery of predictions titled ``true: X`` / ``pred: Y (0.97)``, wrong ones in red.
+
+    Typical use with ``cvhelpers.metrics.worst_mistakes``::
+
+        idx = worst_mistakes(probs, targets, k=16)
+        show_mistakes(images[idx], targets[idx], probs[idx].argmax(1), class_names,
+                      confidences=probs[idx].max(1))
+
+    Args:
+        images: ``N`` images (any layout accepted by :func:`show_images`).
+        true_labels, pred_labels: ``N`` class ids.
+        class_names: names for the titles (default: the ids).
+        confidences: ``N`` probabilities of the predicted class, shown in the title.
+        ncols: images per row.
+
+    Returns:
+        The figure, with ``N`` axes.
+    """
+    true_ids = _as_array(true_labels).astype(int).ravel()
+    pred_ids = _as_array(pred_labels).astype(int).ravel()
+    conf = _as_array(confidences).ravel() if confidences is not None else None
+
+    def name(i: int) -> str:
+        return class_names[i] if class_names is not None else str(i)
+
+    titles, colors = [], []
+    for i, (t, p) in enumerate(zip(true_ids, pred_ids)):
+        suffix = f" ({conf[i]:.2f})" if conf is not None else ""
+        titles.append(f"true: {name(t)}\npred: {name(p)}{suffix}")
+        colors.append("black" if t == p else "red")
+    return show_images(images, titles=titles, ncols=ncols, title_colors=colors,
+                       size=1.8, suptitle="predictions (wrong ones in red)")

@@ -1,0 +1,145 @@
+"""viz.py: what comes back (figures, axes, arrays) and which pixels the drawings change."""
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display in tests
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from cvhelpers.viz import (  # noqa: E402
+    PALETTE,
+    draw_boxes,
+    overlay_mask,
+    plot_confusion_matrix,
+    plot_history,
+    show_images,
+    show_mistakes,
+    to_rgb_uint8,
+)
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.mark.parametrize(
+    ("images", "count"),
+    [
+        (np.zeros((5, 28, 28), np.uint8), 5),  # N x H x W grayscale batch
+        (torch.rand(10, 1, 28, 28), 10),  # N x C x H x W float batch
+        (torch.rand(3, 3, 16, 16), 3),
+        (np.zeros((4, 16, 16, 3), np.uint8), 4),  # N x H x W x C uint8
+        ([np.zeros((8, 8, 3), np.uint8), torch.rand(3, 8, 8), np.zeros((8, 8))], 3),  # mixed
+        (np.zeros((20, 30, 3), np.uint8), 1),  # one H x W x 3 image
+        (torch.rand(1, 28, 28), 1),  # one C x H x W tensor
+    ],
+)
+def test_show_images_makes_one_axis_per_image(images, count):
+    fig = show_images(images, titles=[f"img {i}" for i in range(count)], ncols=4)
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == count
+    assert fig.axes[0].get_title() == "img 0"
+
+
+def test_show_images_rescales_normalised_floats():
+    fig = show_images([torch.randn(3, 8, 8) * 5])  # mean/std-normalised: outside [0, 1]
+    data = fig.axes[0].get_images()[0].get_array()
+    assert data.min() >= 0.0 and data.max() <= 1.0
+
+
+def test_to_rgb_uint8_layouts():
+    assert to_rgb_uint8(np.zeros((5, 6))).shape == (5, 6, 3)
+    out = to_rgb_uint8(torch.ones(3, 5, 6))
+    assert out.shape == (5, 6, 3) and out.dtype == np.uint8 and out.max() == 255
+    assert to_rgb_uint8(np.zeros((5, 6, 4), np.uint8)).shape == (5, 6, 3)
+
+
+def test_plot_history_two_labelled_axes():
+    history = {"epoch": [1, 2, 3], "train_loss": [1.0, 0.6, 0.4], "val_loss": [0.9, 0.7, 0.8],
+               "train_accuracy": [0.5, 0.7, 0.8], "val_accuracy": [0.55, 0.68, 0.66],
+               "best_epoch": 2}
+    fig = plot_history(history)
+    assert len(fig.axes) == 2
+    loss_ax, acc_ax = fig.axes
+    assert loss_ax.get_xlabel() == "epoch" and loss_ax.get_ylabel() == "loss"
+    assert acc_ax.get_ylabel() == "accuracy"
+    assert {t.get_text() for t in loss_ax.get_legend().get_texts()} == {"train", "val", "best"}
+
+
+def test_plot_history_without_accuracy_has_one_axis():
+    nan = float("nan")
+    fig = plot_history({"train_loss": [1.0, 0.5], "val_loss": [1.1, 0.7],
+                        "train_accuracy": [nan, nan], "val_accuracy": [nan, nan]})
+    assert len(fig.axes) == 1
+
+
+def test_plot_confusion_matrix_normalises_rows():
+    cm = np.array([[8, 2, 0], [1, 3, 0], [0, 0, 0]])  # last class has no samples
+    fig = plot_confusion_matrix(cm, ["a", "b", "c"], normalize=True)
+    assert len(fig.axes) == 2  # matrix + colour bar
+    ax = fig.axes[0]
+    shown = ax.get_images()[0].get_array()
+    np.testing.assert_allclose(shown, [[0.8, 0.2, 0], [0.25, 0.75, 0], [0, 0, 0]])
+    assert ax.get_xlabel() == "predicted class" and ax.get_ylabel() == "true class"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "c"]
+    counts_fig = plot_confusion_matrix(cm, normalize=False)
+    assert "8" in [t.get_text() for t in counts_fig.axes[0].texts]
+
+
+def test_draw_boxes_changes_only_the_box_edge():
+    image = np.zeros((40, 50, 3), np.uint8)
+    out = draw_boxes(image, np.array([[10, 12, 30, 25]], np.float32), width=1)
+    assert out.shape == (40, 50, 3) and out.dtype == np.uint8
+    assert image.max() == 0  # input untouched
+    changed = out.any(axis=-1)
+    expected = np.zeros((40, 50), bool)
+    # x2/y2 are exclusive: the outline covers columns 10..29 and rows 12..24
+    expected[12, 10:30] = expected[24, 10:30] = True
+    expected[12:25, 10] = expected[12:25, 29] = True
+    np.testing.assert_array_equal(changed, expected)
+    assert tuple(out[12, 15]) == PALETTE[0]
+
+
+def test_draw_boxes_with_labels_and_scores_puts_captions_above():
+    image = np.full((60, 60), 0.5, np.float32)  # grayscale float in, RGB uint8 out
+    boxes = torch.tensor([[20.0, 30.0, 50.0, 55.0], [5.0, 0.0, 15.0, 10.0]])
+    out = draw_boxes(image, boxes, labels=torch.tensor([1, 3]), class_names=["a", "b", "c", "d"],
+                     scores=torch.tensor([0.9, 0.5]), width=2)
+    assert out.shape == (60, 60, 3) and out.dtype == np.uint8
+    background = to_rgb_uint8(image)
+    changed = (out != background).any(axis=-1)
+    assert changed[:30, 20:40].any()  # caption above box 0
+    assert not changed[33:53, 23:48].any()  # inside box 0 (beyond the 2-px line) untouched
+    assert tuple(out[30, 35]) == PALETTE[1] and tuple(out[9, 5]) == PALETTE[3]
+
+
+def test_overlay_mask_blends_objects_and_keeps_background():
+    image = np.full((6, 6, 3), 100, np.uint8)
+    mask = np.zeros((6, 6), np.uint8)
+    mask[1:3, 1:3] = 1  # class 0
+    mask[4, 4] = 3  # class 2
+    out = overlay_mask(image, mask, alpha=0.5)
+    assert out.shape == (6, 6, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[mask == 0], image[mask == 0])
+    expected = np.round(0.5 * 100 + 0.5 * np.array(PALETTE[0])).astype(np.uint8)
+    np.testing.assert_array_equal(out[1, 1], expected)
+    expected = np.round(0.5 * 100 + 0.5 * np.array(PALETTE[2])).astype(np.uint8)
+    np.testing.assert_array_equal(out[4, 4], expected)
+    with pytest.raises(ValueError, match="does not match"):
+        overlay_mask(image, np.zeros((5, 6)))
+
+
+def test_show_mistakes_titles_true_and_pred():
+    images = torch.rand(3, 1, 28, 28)
+    fig = show_mistakes(images, [0, 1, 2], [0, 2, 1], ["cat", "dog", "bird"],
+                        confidences=[0.9, 0.8, 0.7], ncols=2)
+    assert len(fig.axes) == 3
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[1] == "true: dog\npred: bird (0.80)"
+    assert fig.axes[0].title.get_color() == "black" and fig.axes[1].title.get_color() == "red"
