@@ -107,6 +107,22 @@ class Recorder:
         print(f"{name} = {value:.6g}{' ' + unit if unit else ''}{verdict}")
         self._save()
 
+    def record_model(self, name: str, task: str, metric: str, value: float, parameters: int,
+                     cpu_latency_ms: float | None = None, image_size: int | None = None) -> None:
+        """Describe a model this notebook trained, for the course-wide model table.
+
+        Args:
+            name: e.g. ``"SmallCNN-w32"``; task: ``"classification"``, ``"detection"``, ...
+            metric, value: its headline metric, e.g. ``"test_accuracy"``, 0.92.
+            parameters: number of parameters; cpu_latency_ms: p50 latency at batch 1 on CPU.
+        """
+        models = self.info.setdefault("models", [])
+        models[:] = [m for m in models if m["name"] != name]
+        models.append({"name": name, "task": task, "metric": metric, "value": float(value),
+                       "parameters": int(parameters), "image_size": image_size,
+                       "cpu_latency_ms": None if cpu_latency_ms is None else float(cpu_latency_ms)})
+        self._save()
+
     def note(self, key: str, value: Any) -> None:
         """Keep a JSON-serialisable fact beside the metrics (e.g. the device used)."""
         self.info[key] = value

@@ -54,3 +54,11 @@ def test_atomic_write_keeps_old_file_when_serialisation_fails(tmp_path):
         write_json_atomic(path, {"bad": object()})
     assert json.loads(path.read_text()) == {"ok": 1}
     assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
+
+
+def test_record_model_replaces_by_name(tmp_path):
+    rec = Recorder(tmp_path / "m.json", notebook="nb", profile="full")
+    rec.record_model("cnn", "classification", "test_accuracy", 0.9, 1000, cpu_latency_ms=1.5)
+    rec.record_model("cnn", "classification", "test_accuracy", 0.92, 1000, cpu_latency_ms=1.4)
+    models = read_metrics(tmp_path / "m.json")["info"]["models"]
+    assert len(models) == 1 and models[0]["value"] == 0.92 and models[0]["parameters"] == 1000
