@@ -12,17 +12,19 @@ ROOT_KEY := $(shell printf '%s' "$(CURDIR)" | cksum | cut -d' ' -f1)
 # The venv is keyed on the pins: change requirements.txt/constraints.txt and it is rebuilt.
 REQ_KEY := $(shell cat requirements.txt constraints.txt | sha256sum | cut -c1-16)
 # Debian packages with offline data: Fashion-MNIST, real photos with VOC/COCO labels, and
-# OpenCV's sample photos (more real photos with known ImageNet classes).
-APT_PACKAGES ?= dataset-fashion-mnist labelme-examples opencv-doc
+# OpenCV's sample photos (more real photos with known ImageNet classes); Chromium tests the website.
+APT_PACKAGES ?= dataset-fashion-mnist labelme-examples opencv-doc chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: help venv system-data data course test unit notebooks lab clean
+.PHONY: help venv system-data data course test unit notebooks lab clean site student student-smoke site-check
 
 help:
 	@echo "make course   run every notebook in its full profile -> $(BUILD)/results.{json,md}"
 	@echo "make test     unit tests + every notebook in its smoke profile"
 	@echo "make lab      open JupyterLab on the course"
+	@echo "make site     the course website from make course's outputs -> $(BUILD)/site"
+	@echo "make student  student copies of the notebooks (solutions removed) -> $(BUILD)/student"
 	@echo "options: NB=\"00 01\" (subset)  VENV=path (default .venv)"
 
 $(VENV)/.installed-$(REQ_KEY):
@@ -58,7 +60,25 @@ unit: data
 notebooks: data
 	$(PY) -m cvhelpers.runner --profile smoke --out $(BUILD)/smoke $(NB)
 
-test: unit notebooks
+# Student copies of the notebooks that hold exercises must still run (checks skip, not fail).
+STUDENT_NB ?= 00 01 02
+
+site: venv
+	$(PY) -m cvhelpers.site --notebooks $(BUILD)/notebooks --results $(BUILD)/results.json --out $(BUILD)/site
+
+student: venv
+	$(PY) -m cvhelpers.workshop student notebooks $(BUILD)/student $(NB)
+
+student-smoke: venv data
+	$(PY) -m cvhelpers.workshop student notebooks $(BUILD)/smoke-student/src $(STUDENT_NB)
+	$(PY) -m cvhelpers.runner --profile smoke --notebooks-dir $(BUILD)/smoke-student/src --out $(BUILD)/smoke-student $(STUDENT_NB)
+
+site-check: notebooks
+	$(PY) -m cvhelpers.site --notebooks $(BUILD)/smoke/notebooks --results $(BUILD)/smoke/results.json --out $(BUILD)/smoke/site
+	$(PY) tools/browser_check.py $(BUILD)/smoke/site --screenshot $(BUILD)/smoke/site-index.png
+
+test: unit student-smoke site-check
+	@$(PY) -m cvhelpers.runner --summary $(BUILD)/smoke/results.json
 
 course: data
 	$(PY) -m cvhelpers.runner --profile full --out $(BUILD) $(NB)

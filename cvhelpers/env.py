@@ -71,8 +71,12 @@ def setup(offline: bool = True, threads: int | None = None, quiet: bool = True) 
     Returns:
         A dict with ``offline``, ``threads``, ``torch_home`` and ``yolo_config_dir``.
     """
+    import warnings
+
     import torch
 
+    # Without ipywidgets, tqdm.auto falls back to text bars: fine, so say nothing about it.
+    warnings.filterwarnings("ignore", message="IProgress not found")
     cache_dir = default_cache_dir()
     if offline:
         os.environ.update(OFFLINE_ENV)

@@ -196,6 +196,11 @@ def merge_results(path: Path, profile: str, entries: list[dict[str, Any]]) -> di
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--summary":  # reprint the closing line of an earlier run
+        notebooks = json.loads(Path(argv[1]).read_text())["notebooks"]
+        failed = sum(e["status"] != "passed" for e in notebooks)
+        print(f"notebooks: {len(notebooks) - failed} passed, {failed} failed")
+        return 1 if failed else 0
     if argv and argv[0] == "--worker":
         notebook, executed, parameters, status_file = argv[1:5]
         return run_worker(Path(notebook), Path(executed), json.loads(parameters), Path(status_file))

@@ -76,3 +76,13 @@ def test_real_fashion_mnist_matches_torchvision(data_root):
     reference = FashionMNIST(str(data_root), train=False, download=False)  # reads the same raw files
     np.testing.assert_array_equal(reference.data.numpy(), images)
     np.testing.assert_array_equal(reference.targets.numpy(), labels)
+
+
+def test_to_tensor_dataset_scales_and_standardises():
+    images = np.array([[[0, 255]]], dtype=np.uint8).repeat(2, axis=0)
+    ds = fm.to_tensor_dataset(images, np.array([1, 2]))
+    x, y = ds[0]
+    assert x.shape == (1, 1, 2) and y.item() == 1
+    np.testing.assert_allclose(x.numpy().ravel(), [(0 - fm.MEAN) / fm.STD, (1 - fm.MEAN) / fm.STD], rtol=1e-6)
+    raw = fm.to_tensor_dataset(images, np.array([1, 2]), normalize=False)
+    assert raw[0][0].max().item() == 1.0

@@ -77,3 +77,11 @@ def test_find_notebooks_by_prefix(run):
     assert len(find_notebooks(nbs, [])) == 3
     with pytest.raises(SystemExit, match="no notebook matches '7'"):
         find_notebooks(nbs, ["7"])
+
+
+def test_summary_reprints_the_closing_line(run, capsys):
+    from cvhelpers.runner import main
+
+    _, out, _ = run
+    assert main(["--summary", str(out / "results.json")]) == 1
+    assert capsys.readouterr().out.strip() == "notebooks: 1 passed, 2 failed"

@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cvhelpers.pretrained import LITE0_MEAN, LITE0_STD, efficientnet_lite0, layer_groups
+from cvhelpers.train import make_loader, predict
+from cvhelpers.transfer import grey_to_rgb_tensor, gradual_unfreezing, hflip_tta_probs
+
+
+def test_grey_to_rgb_tensor_shapes_and_normalisation():
+    images = np.zeros((3, 28, 28), dtype=np.uint8)
+    images[1] = 255
+    ds = grey_to_rgb_tensor(images, np.array([0, 1, 2]), 64, LITE0_MEAN, LITE0_STD)
+    x, y = ds.tensors
+    assert x.shape == (3, 3, 64, 64) and x.dtype == torch.float32 and y.dtype == torch.int64
+    # TF-Lite scaling: black -> (0 - 127) / 128, white -> (255 - 127) / 128
+    assert torch.allclose(x[0], torch.full_like(x[0], -127 / 128), atol=1e-5)
+    assert torch.allclose(x[1], torch.full_like(x[1], 1.0), atol=1e-5)
+
+
+def _frozen_snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_gradual_unfreezing_trains_only_the_unfrozen_groups():
+    torch.manual_seed(0)
+    model = efficientnet_lite0(num_classes=3, pretrained=False)
+    groups = layer_groups(model)
+    x = torch.randn(8, 3, 32, 32)
+    y = torch.arange(8) % 3
+    loader = make_loader(torch.utils.data.TensorDataset(x, y), 4, shuffle=True, seed=0)
+    before = _frozen_snapshot(model)
+    gradual_unfreezing(model, groups, loader, None, stages=[(1, 1)], base_lr=1e-2, device="cpu")
+    head = {id(p) for p in groups[-1][0].parameters()}
+    for name, p in model.named_parameters():
+        changed = not torch.equal(before[name], p)
+        assert changed == (id(p) in head), name
+    after_head = _frozen_snapshot(model)
+    gradual_unfreezing(model, groups, loader, None, stages=[(3, 1)], base_lr=1e-2, device="cpu")
+    last_three = {id(p) for g in groups[-3:] for m in g for p in m.parameters()}
+    for name, p in model.named_parameters():
+        assert (not torch.equal(after_head[name], p)) == (id(p) in last_three), name
+
+
+def test_hflip_tta_averages_image_and_mirror():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2 * 4 * 4, 5))
+    x = torch.randn(6, 2, 4, 4)
+    loader = make_loader(torch.utils.data.TensorDataset(x, torch.zeros(6, dtype=torch.int64)), 4, shuffle=False)
+    probs, targets = hflip_tta_probs(model, loader)
+    with torch.no_grad():
+        expected = (model(x).softmax(1) + model(x.flip(-1)).softmax(1)) / 2
+    torch.testing.assert_close(probs, expected)
+    assert targets.shape == (6,)
+    plain, _ = predict(model, loader, probs=True)
+    assert not torch.allclose(plain, probs)
+
+
+@pytest.mark.parametrize("bad_size", [0])
+def test_grey_to_rgb_tensor_rejects_zero_size(bad_size):
+    with pytest.raises((ValueError, RuntimeError)):
+        grey_to_rgb_tensor(np.zeros((1, 28, 28), np.uint8), np.array([0]), bad_size, LITE0_MEAN, LITE0_STD)
