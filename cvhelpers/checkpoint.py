@@ -49,6 +49,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+# torch.compile and DistributedDataParallel wrap the model, and their state_dict keys gain an
+# "_orig_mod." or "module." prefix. Saving the plain module inside keeps every checkpoint
+# loadable into a plain model, and lets single-process and DDP runs resume from each other's.
+from cvhelpers.distributed import unwrap_model
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "seed_everything",
@@ -82,12 +87,6 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       drop_last=drop_last, generator=generator, **loader_kwargs)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    # torch.compile wraps the model; its state_dict keys gain an "_orig_mod." prefix. Saving the
-    # original module keeps checkpoints loadable into a plain, uncompiled model.
-    return getattr(model, "_orig_mod", model)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -155,7 +154,8 @@ def save_checkpoint(
 
     Args:
         path: target file, e.g. ``"runs/fmnist/best.pt"``; missing folders are created.
-        model: its ``state_dict()`` is saved (the uncompiled module if ``torch.compile`` was used).
+        model: its ``state_dict()`` is saved (the plain module inside ``torch.compile`` or
+            ``DistributedDataParallel``).
         optimizer, scheduler, scaler: saved with ``state_dict()`` when given (a learning-rate
             scheduler and a ``torch.amp.GradScaler`` have state that resuming needs).
         epoch: number of finished epochs.
@@ -169,7 +169,7 @@ def save_checkpoint(
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "epoch": int(epoch),
-        "model": _unwrap(model).state_dict(),
+        "model": unwrap_model(model).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
@@ -241,7 +241,7 @@ def load_checkpoint(
             "for a bare state_dict use model.load_state_dict(torch.load(path, weights_only=True))"
         )
     if model is not None:
-        _unwrap(model).load_state_dict(checkpoint["model"], strict=strict)
+        unwrap_model(model).load_state_dict(checkpoint["model"], strict=strict)
     for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
         if obj is None:
             continue

@@ -29,6 +29,11 @@ __all__ = [
     "per_class_report",
     "worst_mistakes",
     "expected_calibration_error",
+    "ReliabilityCurve",
+    "reliability_curve",
+    "softmax",
+    "negative_log_likelihood",
+    "fit_temperature",
 ]
 
 
@@ -182,16 +187,30 @@ def worst_mistakes(probs: Any, targets: Any, k: int = 16) -> np.ndarray:
     return wrong[order][:k].astype(np.int64)
 
 
-def expected_calibration_error(probs: Any, targets: Any, n_bins: int = 15) -> float:
-    """How far confidence is from accuracy, on average (ECE, top-label, L1), in ``[0, 1]``.
+@dataclass(frozen=True)
+class ReliabilityCurve:
+    """Confidence against accuracy per confidence bin: the data of a reliability diagram.
 
-    Predictions are grouped by confidence (the top probability) into ``n_bins`` equal-width
-    bins ``(0, 1/n], (1/n, 2/n], ..., ((n-1)/n, 1]``. In each bin we compare the mean confidence
-    with the fraction of correct predictions; ECE is the average gap weighted by bin size::
+    Attributes:
+        bin_edges: ``n_bins + 1`` edges from 0 to 1; bin ``b`` is ``(edges[b], edges[b+1]]``.
+        confidence: ``n_bins`` mean top probability of the predictions in each bin (``nan``
+            for an empty bin).
+        accuracy: ``n_bins`` fraction of those predictions that are right (``nan`` if empty).
+        counts: ``n_bins`` number of predictions in each bin (``int64``).
+    """
 
-        ECE = sum over bins  |accuracy(bin) - confidence(bin)| * count(bin) / N
+    bin_edges: np.ndarray
+    confidence: np.ndarray
+    accuracy: np.ndarray
+    counts: np.ndarray
 
-    A perfectly calibrated model that says "90 %" is right 90 % of the time (ECE 0).
+
+def reliability_curve(probs: Any, targets: Any, n_bins: int = 15) -> ReliabilityCurve:
+    """Group predictions by confidence and measure each group's accuracy.
+
+    Predictions are put into ``n_bins`` equal-width bins ``(0, 1/n], (1/n, 2/n], ...,
+    ((n-1)/n, 1]`` by their confidence (the top probability). A calibrated model's points lie
+    on the diagonal: of the predictions made with 80 % confidence, 80 % are right.
 
     Args:
         probs: ``N x C`` class probabilities (apply softmax to logits first).
@@ -203,12 +222,92 @@ def expected_calibration_error(probs: Any, targets: Any, n_bins: int = 15) -> fl
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == targets).astype(np.float64)
     _check_same_shape(correct, targets.astype(np.float64))
-    inner_edges = np.linspace(0.0, 1.0, n_bins + 1)[1:-1]
-    bin_ids = np.digitize(confidence, inner_edges, right=True)  # 0 .. n_bins-1
-    ece = 0.0
-    for b in range(n_bins):
-        in_bin = bin_ids == b
-        if in_bin.any():
-            gap = abs(correct[in_bin].mean() - confidence[in_bin].mean())
-            ece += gap * in_bin.sum() / len(targets)
-    return float(ece)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bin_ids = np.digitize(confidence, edges[1:-1], right=True)  # 0 .. n_bins-1
+    counts = np.bincount(bin_ids, minlength=n_bins).astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):  # empty bins become nan
+        mean_confidence = np.bincount(bin_ids, weights=confidence, minlength=n_bins) / counts
+        accuracy = np.bincount(bin_ids, weights=correct, minlength=n_bins) / counts
+    return ReliabilityCurve(edges, mean_confidence, accuracy, counts)
+
+
+def expected_calibration_error(probs: Any, targets: Any, n_bins: int = 15) -> float:
+    """How far confidence is from accuracy, on average (ECE, top-label, L1), in ``[0, 1]``.
+
+    Predictions are grouped by confidence (the top probability) into ``n_bins`` equal-width
+    bins ``(0, 1/n], (1/n, 2/n], ..., ((n-1)/n, 1]`` (see :func:`reliability_curve`). In each
+    bin we compare the mean confidence with the fraction of correct predictions; ECE is the
+    average gap weighted by bin size::
+
+        ECE = sum over bins  |accuracy(bin) - confidence(bin)| * count(bin) / N
+
+    A perfectly calibrated model that says "90 %" is right 90 % of the time (ECE 0).
+
+    Args:
+        probs: ``N x C`` class probabilities (apply softmax to logits first).
+        targets: ``N`` true class ids.
+        n_bins: number of bins (15 is the usual choice).
+    """
+    curve = reliability_curve(probs, targets, n_bins)
+    filled = curve.counts > 0
+    gaps = np.abs(curve.accuracy[filled] - curve.confidence[filled])
+    return float(np.sum(gaps * curve.counts[filled]) / curve.counts.sum())
+
+
+# --- Temperature scaling ------------------------------------------------------------------------
+
+
+def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
+    """``N x C`` probabilities ``softmax(logits / temperature)`` (``float64``, rows sum to 1).
+
+    A temperature above 1 softens overconfident predictions; it never changes which class is
+    the most probable, so accuracy stays the same.
+    """
+    z = to_numpy(logits).astype(np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)  # subtracting the row max avoids overflow in exp
+    exp = np.exp(z)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def negative_log_likelihood(logits: Any, targets: Any, temperature: float = 1.0) -> float:
+    """Mean ``-log p(true class)`` under ``softmax(logits / temperature)`` (cross-entropy).
+
+    Lower is better; unlike accuracy it punishes confident mistakes hard, which is why it is
+    the quantity temperature scaling minimises.
+    """
+    z = to_numpy(logits).astype(np.float64) / temperature
+    targets = to_numpy(targets).astype(np.int64)
+    log_norm = z.max(axis=1) + np.log(np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1))
+    return float(np.mean(log_norm - z[np.arange(len(targets)), targets]))
+
+
+def fit_temperature(logits: Any, targets: Any, max_iter: int = 100) -> float:
+    """The temperature ``T`` that minimises the NLL of ``softmax(logits / T)`` (Guo et al., 2017).
+
+    Fit it on a validation split (never on the test set), then divide the test logits by it.
+    One number, so it cannot overfit much, and argmax, hence accuracy, never changes.
+    Optimised with L-BFGS over ``log T`` (so ``T`` stays positive), starting at ``T = 1``.
+
+    Args:
+        logits: ``N x C`` raw scores of the model (not probabilities).
+        targets: ``N`` true class ids.
+        max_iter: L-BFGS iterations (it usually converges in a handful).
+
+    Returns:
+        ``T > 0``: above 1 for an overconfident model, below 1 for an underconfident one.
+    """
+    import torch  # only this function needs torch
+
+    z = torch.as_tensor(to_numpy(logits), dtype=torch.float64)
+    y = torch.as_tensor(to_numpy(targets), dtype=torch.int64)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.exp().item())

@@ -66,6 +66,9 @@ def run_worker(notebook: Path, executed: Path, parameters: dict[str, Any], statu
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    # Progress bars are for people: in a recorded run each refresh would become a line of output
+    # (thousands per epoch). The epoch lines that fit() prints stay.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     status: dict[str, Any] = {"status": "ok", "error": None}
     try:
         papermill.execute_notebook(

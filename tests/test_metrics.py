@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
-from sklearn.metrics import precision_recall_fscore_support
+from sklearn.metrics import log_loss, precision_recall_fscore_support
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassCalibrationError,
@@ -17,7 +17,11 @@ from cvhelpers.metrics import (
     accuracy,
     confusion_matrix,
     expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
     per_class_report,
+    reliability_curve,
+    softmax,
     to_labels,
     worst_mistakes,
 )
@@ -128,3 +132,68 @@ def test_bad_inputs_raise_clear_errors():
         accuracy([0, 1, 2], [0, 1])
     with pytest.raises(ValueError, match="not class ids"):
         to_labels(np.array([0.2, 0.7]))
+
+
+# --- calibration and temperature scaling (added with notebook 10) ----------------------------------
+
+
+def overconfident_case(seed: int, n: int = 4000, num_classes: int = 5, sharpen: float = 3.0):
+    """Labels drawn from softmax(z): z is calibrated by construction; sharpen * z is overconfident."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.0, 1.2, (n, num_classes))
+    p = softmax(z)
+    labels = (p.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)
+    return sharpen * z, labels
+
+
+def test_reliability_curve_gives_back_the_ece():
+    logits, targets = random_case(0, n=500)
+    probs = softmax(2 * logits)
+    curve = reliability_curve(probs, targets, n_bins=10)
+    assert len(curve.bin_edges) == 11 and curve.counts.sum() == 500
+    filled = curve.counts > 0
+    ece = np.sum(np.abs(curve.accuracy - curve.confidence)[filled] * curve.counts[filled]) / 500
+    assert ece == pytest.approx(expected_calibration_error(probs, targets, n_bins=10))
+    assert np.isnan(curve.accuracy[~filled]).all()
+    top = probs.max(axis=1)
+    in_last = top > 0.9
+    assert curve.confidence[-1] == pytest.approx(top[in_last].mean())
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_nll_and_softmax_match_sklearn_log_loss(temperature):
+    # no extreme logits here: sklearn clips probabilities at 1e-16 before taking the log
+    logits, targets = overconfident_case(1, n=300)
+    probs = softmax(logits, temperature)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    expected = log_loss(targets, probs, labels=range(logits.shape[1]))
+    assert negative_log_likelihood(logits, targets, temperature) == pytest.approx(expected, rel=1e-9)
+    torch_nll = torch.nn.functional.cross_entropy(torch.from_numpy(logits).double() / temperature,
+                                                  torch.from_numpy(targets)).item()
+    assert negative_log_likelihood(torch.from_numpy(logits), targets, temperature) == \
+        pytest.approx(torch_nll, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_temperature_scaling_fixes_an_overconfident_model_on_held_out_data(seed):
+    logits, targets = overconfident_case(seed)
+    val, test = slice(0, 2000), slice(2000, None)  # fit on one split, judge on the other
+    temperature = fit_temperature(logits[val], targets[val])
+    assert temperature == pytest.approx(3.0, rel=0.15)  # it recovers the sharpening
+    before = negative_log_likelihood(logits[test], targets[test])
+    after = negative_log_likelihood(logits[test], targets[test], temperature)
+    assert after < before
+    ece_before = expected_calibration_error(softmax(logits[test]), targets[test])
+    ece_after = expected_calibration_error(softmax(logits[test], temperature), targets[test])
+    assert ece_after < ece_before
+    # argmax, and so accuracy, never changes
+    np.testing.assert_array_equal(softmax(logits, temperature).argmax(1), logits.argmax(1))
+    # it is the NLL minimum: nearby temperatures do worse on the data it was fitted on
+    fitted = negative_log_likelihood(logits[val], targets[val], temperature)
+    for other in (0.9 * temperature, 1.1 * temperature):
+        assert negative_log_likelihood(logits[val], targets[val], other) > fitted
+
+
+def test_temperature_below_one_for_an_underconfident_model():
+    logits, targets = overconfident_case(2, sharpen=0.4)
+    assert fit_temperature(torch.from_numpy(logits), torch.from_numpy(targets)) < 0.6

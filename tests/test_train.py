@@ -175,6 +175,34 @@ def test_resume_after_keyboard_interrupt(tmp_path):
     assert_same_weights(snapshot(resumed_model), snapshot(full_model))
 
 
+def run_with_speed_switches(checkpoint_path, epochs, resume_from=None, **fit_kwargs):
+    """Like run_tiny_cnn, with a per-step cosine schedule and whatever fit switches are given."""
+    seed_everything(0)
+    model = SmallCNN(width=4, num_classes=4, image_size=8, dropout=0.3)
+    train_loader = make_loader(tiny_images(), batch_size=8, shuffle=True, seed=0)  # 4 batches
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    steps_per_epoch = math.ceil(len(train_loader) / fit_kwargs.get("grad_accum_steps", 1))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4 * steps_per_epoch)
+    fit(model, train_loader, None, epochs=epochs, optimizer=optimizer, scheduler=scheduler,
+        monitor="train_loss", checkpoint_path=checkpoint_path, resume_from=resume_from,
+        restore_best=False, progress=False, **fit_kwargs)
+    return model, scheduler
+
+
+@pytest.mark.filterwarnings("ignore:amp_dtype=torch.float16 on CPU")
+@pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16])  # float16: a GradScaler
+def test_resume_with_amp_accumulation_clipping_and_cosine(tmp_path, amp_dtype):
+    switches = dict(amp_dtype=amp_dtype, grad_accum_steps=3, grad_clip_norm=0.5, sync_every=2)
+    full_model, full_scheduler = run_with_speed_switches(tmp_path / "a" / "best.pt", 4, **switches)
+    run_with_speed_switches(tmp_path / "b" / "best.pt", 2, **switches)
+    last = last_checkpoint_path(tmp_path / "b" / "best.pt")
+    assert (load_checkpoint(last)["scaler"] is not None) == (amp_dtype == torch.float16)
+    resumed_model, resumed_scheduler = run_with_speed_switches(
+        tmp_path / "b" / "best.pt", 4, resume_from=last, **switches)
+    assert_same_weights(snapshot(resumed_model), snapshot(full_model))
+    assert resumed_scheduler.last_epoch == full_scheduler.last_epoch == 4 * 2  # ceil(4 / 3) = 2
+
+
 TRAIN_SCRIPT = """
 import sys, time
 from pathlib import Path

@@ -1,0 +1,106 @@
+"""The website: pages built from executed notebooks and results.json, checked in headless Chromium.
+
+The browser check runs in a subprocess (tools/browser_check.py): it serves the site on 127.0.0.1
+and drives Chromium over its DevTools protocol, so pytest-socket's block on this process stays.
+"""
+
+import base64
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from PIL import Image
+
+from cvhelpers.site import build_site, course_index, teaching_plans
+from cvhelpers.workshop import read_lesson
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "build" / "smoke"
+
+
+def _results(seconds: float, gpu: str | None = None, profile: str = "full") -> dict:
+    return {"profile": profile, "finished": "2026-11-27T00:00:00+00:00",
+            "machine": {"cpu": "Test CPU", "cores": 2, "memory_gb": 24, "gpu": gpu, "os": "Linux",
+                        "python": "3.11"},
+            "versions": {"torch": "2.14.1"},
+            "notebooks": [{"notebook": "99_demo", "status": "passed", "seconds": seconds, "budget_s": 60,
+                           "within_budget": True, "peak_rss_mb": 100.0,
+                           "metrics": [{"name": "acc", "value": 0.5, "target": ">= 0.1", "passed": True,
+                                        "unit": ""}]}]}
+
+
+def _executed_notebook() -> nbformat.NotebookNode:
+    """A notebook as papermill leaves it: lesson cells, a recipe and a PNG figure output."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(buffer, format="PNG")
+    v4 = nbformat.v4
+    figure = v4.new_output("display_data", data={"image/png": base64.b64encode(buffer.getvalue()).decode(),
+                                                  "text/plain": "<Figure>"})
+    nb = v4.new_notebook(cells=[
+        v4.new_markdown_cell("# 99 · Demo\n\n**Questions**\n- Why?\n\n**What you will learn**\n- a thing\n\n"
+                             "**Prerequisites**: none."),
+        v4.new_code_cell("# Recipe: draw a red rectangle\nshow()", metadata={"tags": ["recipe"]},
+                         outputs=[figure], execution_count=1),
+        v4.new_markdown_cell("### Exercise: try it (5 min)", metadata={"tags": ["exercise"]}),
+        v4.new_markdown_cell("## Key points\n- red is a colour"),
+    ])
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"c{i:02d}"
+    return nb
+
+
+def test_course_index_uses_measured_times_only():
+    lesson = read_lesson(_executed_notebook(), "99_demo")
+    page = course_index([lesson], _results(120.0), gpu_results=None)
+    assert "2.0 min" in page and "not measured" in page  # CPU measured, GPU not
+    page = course_index([lesson], _results(120.0), gpu_results=_results(9.0, gpu="NVIDIA H100"))
+    assert "9 s on NVIDIA H100" in page
+    # A results file without a GPU is not a GPU measurement.
+    assert "9 s" not in course_index([lesson], _results(120.0), gpu_results=_results(9.0))
+    # teaching = 2 min run + 2 min x 1 code cell -> 5 min; exercises 5 min
+    assert "**Teaching**: 5 min; **exercises**: 5 min" in page
+    assert "| 09:00 | 10 | 99 · Demo |" in teaching_plans([lesson], _results(120.0))
+
+
+def _browser_check(site: Path, screenshot: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "browser_check.py"), str(site),
+                           "--screenshot", str(screenshot)], capture_output=True, text=True, timeout=300)
+
+
+def test_site_builds_and_passes_the_browser_check(tmp_path):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    nbformat.write(_executed_notebook(), notebooks / "99_demo.ipynb")
+    (tmp_path / "results.json").write_text(json.dumps(_results(42.0)))
+    site = build_site(notebooks, tmp_path / "results.json", tmp_path / "site")
+    pages = json.loads((site / "pages.json").read_text())
+    assert {p["title"] for p in pages} >= {"Course", "99 · Demo", "Recipes", "Results", "Setup", "Teaching"}
+    assert "#cell-id=c01" in (site / "recipes" / "index.html").read_text()
+    run = _browser_check(site, tmp_path / "index.png")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "browser check passed: 6 pages" in run.stdout
+    assert Image.open(tmp_path / "index.png").size[0] > 0
+
+    # The check catches what it claims to: a broken link, a missing anchor, a broken image.
+    broken = tmp_path / "broken"
+    shutil.copytree(site, broken)
+    page = broken / "recipes" / "index.html"
+    page.write_text(page.read_text().replace("#cell-id=c01", "#cell-id=nope").replace(
+        "</article>", '<a href="../no-such-page/">x</a><img src="../missing.png"></article>'))
+    run = _browser_check(broken, tmp_path / "broken.png")
+    assert run.returncode == 1
+    for problem in ("missing anchor #cell-id=nope", "broken link", "missing.png' did not load"):
+        assert problem in run.stdout, run.stdout
+
+
+@pytest.mark.skipif(not (SMOKE / "results.json").exists(), reason="no smoke outputs yet (make notebooks)")
+def test_site_from_the_smoke_run(tmp_path):
+    """The real course pages, from `make test`'s smoke outputs; the index screenshot is kept."""
+    site = build_site(SMOKE / "notebooks", SMOKE / "results.json", SMOKE / "site")
+    run = _browser_check(site, SMOKE / "site-index.png")
+    assert run.returncode == 0, run.stdout + run.stderr

@@ -1,0 +1,131 @@
+"""The workshop kit: lesson structure of the course notebooks, student copies, exercise checks, plans."""
+
+import ast
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from cvhelpers.workshop import (BEGIN_SOLUTION, STUDENT_STUB, check_exercise, find_recipes,
+                                make_student_notebook, plan_day, read_lesson, strip_solution,
+                                teaching_minutes, write_student_copies)
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+ADOPTED = ["00_setup_and_data", "01_cnn_from_scratch"]  # notebooks that follow the convention
+
+
+def _read(name: str) -> nbformat.NotebookNode:
+    return nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+
+
+@pytest.mark.parametrize("name", ADOPTED)
+def test_course_notebooks_follow_the_lesson_convention(name):
+    nb = _read(name)
+    lesson = read_lesson(nb, name)
+    assert lesson.problems() == []
+    assert len(lesson.questions) >= 2 and len(lesson.objectives) >= 2 and len(lesson.keypoints) >= 2
+    assert lesson.exercises and lesson.exercise_minutes == sum(e.minutes for e in lesson.exercises) > 0
+    recipes = find_recipes(nb, name)
+    assert len(recipes) >= 2
+    for recipe in recipes:  # the description is the cell's first line, the link target its id
+        assert recipe.source.startswith("# Recipe: " + recipe.description)
+        assert recipe.cell_id == nb.cells[recipe.cell_index].id
+
+
+def _tiny_notebook() -> nbformat.NotebookNode:
+    v4 = nbformat.v4
+    nb = v4.new_notebook(cells=[
+        v4.new_markdown_cell("# 99 · Demo\n\n**Questions**\n- Why?\n- How\n  exactly?\n\n"
+                             "**What you will learn**\n- a thing\n\n**Time**: 5 s\n\n**Prerequisites**: none."),
+        v4.new_code_cell("# Recipe: add two numbers\nx = 1 + 1", metadata={"tags": ["recipe"]}),
+        v4.new_markdown_cell("### Exercise: square it (5 min)\nCompute `y`.", metadata={"tags": ["exercise"]}),
+        v4.new_code_cell(f"y = None  # your answer\n{BEGIN_SOLUTION}\ny = x ** 2\n# END SOLUTION",
+                         metadata={"tags": ["solution"]}),
+        v4.new_markdown_cell("Because 2 * 2 = 4.", metadata={"tags": ["solution"]}),
+        v4.new_code_cell("from cvhelpers.workshop import check_exercise\nok = check_exercise('square', y, lambda a: a == 4)"),
+        v4.new_markdown_cell("## Key points\n- one\n- two"),
+    ])
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", text="old output")]
+    return nb
+
+
+def test_read_lesson_parses_the_cells():
+    lesson = read_lesson(_tiny_notebook(), "99_demo")
+    assert lesson.title == "99 · Demo"
+    assert lesson.questions == ["Why?", "How exactly?"]
+    assert lesson.objectives == ["a thing"] and lesson.prerequisites == ["none."]
+    assert lesson.keypoints == ["one", "two"]
+    assert [(e.title, e.minutes) for e in lesson.exercises] == [("Exercise: square it (5 min)", 5)]
+    assert lesson.code_cells == 3 and lesson.problems() == []
+
+
+def test_a_recipe_without_its_description_line_is_an_error():
+    nb = _tiny_notebook()
+    nb.cells[1].source = "x = 1 + 1"
+    with pytest.raises(ValueError, match="# Recipe:"):
+        find_recipes(nb, "99_demo")
+
+
+def test_student_copy_removes_solutions_and_still_runs():
+    nb = _tiny_notebook()
+    student = make_student_notebook(nb, "99_demo")
+    sources = [c.source for c in student.cells]
+    assert not any("x ** 2" in s or "Because" in s for s in sources)  # no solution text left
+    assert any(STUDENT_STUB in s for s in sources)
+    assert all(c.outputs == [] for c in student.cells if c.cell_type == "code")
+    assert "x ** 2" in nb.cells[3].source  # the original is untouched
+    # Run the student copy's code top to bottom: the check is skipped, nothing raises.
+    namespace: dict = {}
+    for cell in student.cells:
+        if cell.cell_type == "code":
+            exec(compile(cell.source, "<cell>", "exec"), namespace)
+    assert namespace["y"] is None and namespace["ok"] is None
+    # ... and the instructor's copy proves its solution right.
+    namespace = {}
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            exec(compile(cell.source, "<cell>", "exec"), namespace)
+    assert namespace["ok"] is True
+
+
+def test_strip_solution_needs_a_closed_block():
+    assert strip_solution(f"def f():\n    {BEGIN_SOLUTION}\n    return 1\n    # END SOLUTION\n    return None") \
+        == f"def f():\n    {STUDENT_STUB}\n    return None"
+    with pytest.raises(ValueError, match="no '# BEGIN SOLUTION'"):
+        strip_solution("y = 1")
+    with pytest.raises(ValueError, match="not closed"):
+        strip_solution(f"{BEGIN_SOLUTION}\ny = 1")
+
+
+def test_student_copies_of_the_course_parse_and_hold_no_solution(tmp_path):
+    written = write_student_copies(NOTEBOOKS, tmp_path, ADOPTED)
+    assert [p.stem for p in written] == ADOPTED
+    for path in written:
+        original = _read(path.stem)
+        solutions = [c.source for c in original.cells if "solution" in c.metadata.get("tags", [])]
+        student = nbformat.read(path, as_version=4)
+        text = "\n".join(c.source for c in student.cells)
+        for solution in solutions:
+            block = solution.split(BEGIN_SOLUTION, 1)[1].split("# END SOLUTION", 1)[0].strip()
+            assert block and block not in text
+        for cell in student.cells:
+            if cell.cell_type == "code":
+                ast.parse(cell.source)
+        assert student.metadata["cvcookbook"]["student_copy"] is True
+
+
+def test_check_exercise_verdicts(capsys):
+    assert check_exercise("e", None, lambda a: True) is None
+    assert check_exercise("e", 3, lambda a: a == 3) is True
+    assert check_exercise("e", 2, lambda a: a == 3) is False
+    assert check_exercise("e", "x", lambda a: a + 1) is False  # a TypeError is a wrong answer
+    assert "check skipped" in capsys.readouterr().out
+
+
+def test_teaching_minutes_and_plans():
+    assert teaching_minutes(run_seconds=300, code_cells=10) == 25  # 5 + 20 min
+    assert teaching_minutes(run_seconds=1, code_cells=1) == 5
+    slots, left_out = plan_day([("a", 60), ("b", 60), ("c", 60), ("d", 200)], day_minutes=210)
+    assert [(s.start_minute, s.minutes, s.what) for s in slots] == [
+        (0, 60, "a"), (60, 15, "break"), (75, 60, "b"), (135, 15, "break"), (150, 60, "c")]
+    assert left_out == ["d"]
