@@ -59,6 +59,25 @@ def test_not_an_image(tmp_path):
     assert "not an image" in raises_for(path)
 
 
+def test_not_an_image_after_ultralytics_patches_pil(tmp_path, monkeypatch):
+    # ultralytics replaces Image.open with a wrapper that, on an unknown file, imports the
+    # optional pi_heif plugin: without it the error is a ModuleNotFoundError, not PIL's own.
+    from PIL import Image
+
+    original = Image.open
+
+    def ultralytics_like_open(*args, **kwargs):
+        try:
+            return original(*args, **kwargs)
+        except Image.UnidentifiedImageError:
+            raise ModuleNotFoundError("No module named 'pi_heif'")
+
+    monkeypatch.setattr(Image, "open", ultralytics_like_open)
+    path = tmp_path / "text.png"
+    path.write_text("hello, I am not a PNG")
+    assert "not an image" in raises_for(path)
+
+
 def test_truncated_png(tmp_path, rgb):
     data = save(tmp_path / "full.png", rgb).read_bytes()
     path = tmp_path / "cut.png"

@@ -111,7 +111,9 @@ def _verify_image_file(path: Path) -> None:
     try:
         with _no_truncated_loading(), Image.open(path) as image:
             image.verify()
-    except UnidentifiedImageError as error:
+    except (UnidentifiedImageError, ImportError) as error:
+        # ImportError: once ultralytics is imported it patches Image.open to try the optional
+        # pi_heif plugin on unknown files, so "cannot identify" arrives as a missing module.
         raise DatasetError(f"{path}: not an image PIL can read (unknown or corrupt format)") from error
     except Exception as error:  # PIL raises many types here (OSError, SyntaxError, struct.error)
         raise DatasetError(
