@@ -98,7 +98,8 @@ def loader_table(n_images: int, default_threads: int) -> list[dict]:
     labels = np.array([int(s.labels[0]) for s in scenes])  # the first object's class
     rows = []
     for backend in BACKENDS:
-        dataset = AugmentedDataset(images, labels, train_preset("classification", backend, size=160))
+        preset = train_preset("classification", backend, size=160)
+        dataset = AugmentedDataset(images, labels, preset)
         # num_workers=0 transforms in the main process, with all its torch threads; the extra
         # 1-thread row shows what that costs (workers always run torch with 1 thread).
         for workers, main_threads in ((0, default_threads), (0, 1), (1, default_threads),

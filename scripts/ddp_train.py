@@ -4,8 +4,9 @@ The same file runs as one process or under torchrun:
 
     python scripts/ddp_train.py --epochs 2                                   # 1 process
     torchrun --standalone --nproc_per_node=2 scripts/ddp_train.py --epochs 2  # 2 processes
-    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 \\
-        --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 scripts/ddp_train.py  # 2 machines x 8 GPUs
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d \\
+        --rdzv_endpoint=HOST:29500 --rdzv_id=job42 scripts/ddp_train.py --device auto
+        # the same command on each of 2 machines with 8 GPUs
 
 ``--batch-size`` is per process: the global batch is batch size x processes x
 ``--grad-accum``. Rank 0 writes ``<out>/results.json`` (losses, throughput, how far the ranks'
@@ -151,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
         "history": history.to_dict(), "seconds": seconds,
         # the last epoch's speed: the first one also pays for start-up and warm-up
         "images_per_s": images_per_epoch / history.epoch_seconds[-1],
-        "gradient_allreduces": allreduces[0], "max_param_diff_between_ranks": diff, "max_buffer_diff_between_ranks": buffer_diff,
+        "gradient_allreduces": allreduces[0],
+        "max_param_diff_between_ranks": diff, "max_buffer_diff_between_ranks": buffer_diff,
     }
     if info.is_main:
         (out / "results.json").write_text(json.dumps(results, indent=1))

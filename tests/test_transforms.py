@@ -37,7 +37,8 @@ def test_boxes_enclose_their_masks_after_every_preset(scenes, task, backend):
             boxes, labels, masks = out["boxes"], out["labels"], out["masks"]
             assert out["image"].shape == (3, 128, 128) and out["image"].dtype == torch.float32
             assert len(boxes) == len(labels) == len(masks) <= len(scene.boxes)
-            assert labels.dtype == torch.int64 and set(labels.tolist()) <= set(scene.labels.tolist())
+            assert labels.dtype == torch.int64
+            assert set(labels.tolist()) <= set(scene.labels.tolist())
             assert out["mask"].shape == (128, 128)
             nonempty = masks.flatten(1).any(1)
             if not nonempty.any():
