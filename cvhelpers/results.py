@@ -149,6 +149,11 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, allow_nan=True)
+        # mkstemp creates the file 0600; give it the mode an ordinary open() would (0644 under
+        # the usual umask), so a web server or another user can read the results.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

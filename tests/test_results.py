@@ -62,3 +62,14 @@ def test_record_model_replaces_by_name(tmp_path):
     rec.record_model("cnn", "classification", "test_accuracy", 0.92, 1000, cpu_latency_ms=1.4)
     models = read_metrics(tmp_path / "m.json")["info"]["models"]
     assert len(models) == 1 and models[0]["value"] == 0.92 and models[0]["parameters"] == 1000
+
+
+def test_atomic_write_gives_the_file_the_umask_mode_not_0600(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "results.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644
