@@ -1,0 +1,240 @@
+"""Ultralytics YOLO, offline and contained: dataset in, per-image predictions out.
+
+Everything here keeps ultralytics inside one output folder (``project=``) and off the network
+(call :func:`cvhelpers.env.setup` first, *before* anything imports ultralytics). It works for
+detection (``yolov8n.yaml``) and instance segmentation (``yolov8n-seg.yaml``, ``task="segment"``).
+
+Predictions come back in the course's per-image form, the one
+:func:`cvhelpers.coco_eval.evaluate_coco` scores: a dict with ``boxes`` (``float32`` ``N x 4``
+pixel ``xyxy``), ``scores`` (``float32`` ``N``), ``labels`` (``int64`` ``N``, 0-based) and, for a
+segmentation model, ``masks`` (``bool`` ``N x H x W`` at the input image's size).
+
+Example:
+    >>> data_yaml = prepare_yolo_dataset({"train": train, "val": val}, out / "yolo", CLASS_NAMES)  # doctest: +SKIP
+    >>> run = train_yolo(data_yaml, out / "runs", epochs=30, imgsz=160)                           # doctest: +SKIP
+    >>> predictions = predict_yolo(run.model, [s.image for s in test])                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvhelpers.data.coco import AnnotatedImage
+from cvhelpers.data.validate import PathLike
+from cvhelpers.data.yolo import read_yolo, write_yolo
+
+#: Model files by task: built from their yaml (no weights can be downloaded offline).
+MODEL_YAML = {"detect": "yolov8n.yaml", "segment": "yolov8n-seg.yaml"}
+
+
+def prepare_yolo_dataset(
+    splits: Mapping[str, Sequence[AnnotatedImage]],
+    root: PathLike,
+    class_names: Sequence[str],
+    task: str = "detect",
+) -> Path:
+    """Write scenes as an ultralytics dataset, then read every split back with checks.
+
+    Args:
+        splits: ``{"train": [...], "val": [...], "test": [...]}`` of ``Scene``/``AnnotatedImage``.
+        root: dataset folder (inside the notebook's output folder).
+        class_names: name of each class id.
+        task: ``"detect"`` writes box rows, ``"segment"`` polygon rows (from ``masks``).
+
+    Returns:
+        The ``data.yaml`` path to pass to :func:`train_yolo`.
+    """
+    if task not in MODEL_YAML:
+        raise ValueError(f"task must be one of {sorted(MODEL_YAML)}, got {task!r}")
+    data_yaml = write_yolo(splits, root, class_names, segments=task == "segment")
+    check_yolo_dataset(data_yaml, tuple(splits))
+    return data_yaml
+
+
+def check_yolo_dataset(data_yaml: PathLike, splits: Sequence[str] = ("train", "val")) -> dict[str, int]:
+    """Read each split with :func:`cvhelpers.data.yolo.read_yolo`'s checks, before any training.
+
+    ultralytics itself *skips* a bad label file with a warning and trains on the rest; a course
+    would rather stop and say which file and line is wrong.
+
+    Returns:
+        ``{split: number of images}``.
+
+    Raises:
+        DatasetError: ``"<file>:<line>: ..."`` for an out-of-range class id, a box outside the
+            image, a malformed row; ``"<file>: ..."`` for a missing or unreadable image.
+    """
+    return {split: len(read_yolo(data_yaml, split)[0]) for split in splits}
+
+
+@dataclass
+class YoloRun:
+    """What :func:`train_yolo` returns.
+
+    Attributes:
+        model: the trained ``ultralytics.YOLO`` (best weights loaded).
+        weights: path of ``best.pt`` (``last.pt`` when validation was off).
+        save_dir: ultralytics' run folder (``results.csv``, plots).
+        seconds: wall time of ``train()``.
+        epochs: epochs that ran.
+        history: per-epoch columns of ``results.csv`` (``{"metrics/mAP50(B)": [...], ...}``).
+    """
+
+    model: Any
+    weights: Path
+    save_dir: Path
+    seconds: float
+    epochs: int
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+def train_yolo(
+    data_yaml: PathLike,
+    project: PathLike,
+    model: str = "yolov8n.yaml",
+    epochs: int = 30,
+    imgsz: int = 160,
+    batch: int = 32,
+    time_budget_s: float | None = None,
+    name: str = "train",
+    seed: int = 0,
+    device: str = "cpu",
+    workers: int = 2,
+    check: bool = True,
+    **overrides: Any,
+) -> YoloRun:
+    """Train an ultralytics YOLO offline, writing only under ``project``.
+
+    Args:
+        data_yaml: dataset YAML (from :func:`prepare_yolo_dataset`).
+        project: folder for ultralytics' run folders (``project / name``).
+        model: a model yaml (from scratch: ``"yolov8n.yaml"``, ``"yolov8n-seg.yaml"``) or the
+            path of a local ``.pt``. A bare ``*.pt`` name that is not a file would make
+            ultralytics try GitHub, so it is refused.
+        epochs: epochs to train (the learning-rate schedule spans them).
+        imgsz: training and validation image size (the scenes are 160 px: native size).
+        batch: images per step.
+        time_budget_s: if set, ultralytics' ``time=`` (hours): it re-plans the number of epochs
+            after each one so that training, schedule included, ends within the budget.
+        name: run folder name (an existing one is overwritten).
+        seed, device, workers: passed on; ``device="cpu"``, ``"0"`` for the first GPU.
+        check: run :func:`check_yolo_dataset` on train and val first.
+        **overrides: any other ultralytics train argument (``lr0``, ``mosaic``,
+            ``close_mosaic``, ``cos_lr``...).
+
+    Returns:
+        A :class:`YoloRun`.
+    """
+    from ultralytics import YOLO
+
+    from cvhelpers.env import configure_ultralytics
+
+    configure_ultralytics()
+    if model.endswith(".pt") and not Path(model).is_file():
+        raise FileNotFoundError(f"{model}: no such weights file (offline, ultralytics cannot download it)")
+    if check:
+        check_yolo_dataset(data_yaml)
+    project = Path(project).resolve()
+    yolo = YOLO(model)
+    args: dict[str, Any] = dict(
+        data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, device=device, workers=workers,
+        seed=seed, project=str(project), name=name, exist_ok=True, amp=device != "cpu",
+        verbose=False, plots=False,
+    )
+    if time_budget_s is not None:
+        args["time"] = time_budget_s / 3600
+    args.update(overrides)
+    start = time.perf_counter()
+    yolo.train(**args)
+    seconds = time.perf_counter() - start
+    save_dir = Path(yolo.trainer.save_dir)
+    weights = save_dir / "weights" / "best.pt"
+    if not weights.is_file():
+        weights = save_dir / "weights" / "last.pt"
+    history = read_results_csv(save_dir / "results.csv")
+    trained = YOLO(str(weights), task=yolo.task)
+    configure_ultralytics()  # loading a model may lower torch's threads again
+    return YoloRun(trained, weights, save_dir, seconds, len(next(iter(history.values()), [])), history)
+
+
+def read_results_csv(path: PathLike) -> dict[str, list[float]]:
+    """ultralytics' ``results.csv`` as ``{column: [value per epoch]}`` (``{}`` if missing)."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    columns = [c.strip() for c in rows[0]] if rows else []
+    return {c: [float(r[k]) for r in rows] for c, k in zip(columns, rows[0]) if c} if rows else {}
+
+
+def predict_yolo(
+    model: Any,
+    images: Sequence[np.ndarray],
+    imgsz: int = 160,
+    conf: float = 0.001,
+    iou: float = 0.7,
+    max_det: int = 100,
+    batch: int = 16,
+    device: str = "cpu",
+) -> list[dict[str, np.ndarray]]:
+    """Run a YOLO on RGB images and return the course's per-image prediction dicts.
+
+    Args:
+        model: an ``ultralytics.YOLO`` (detect or segment).
+        images: ``H x W x 3`` ``uint8`` **RGB** arrays (ultralytics takes numpy arrays as BGR:
+            they are flipped here).
+        imgsz: inference size (as trained).
+        conf: drop boxes below this score. 0.001 is what mAP needs (the whole
+            precision-recall curve); an application picks a higher one, e.g. 0.25.
+        iou: NMS IoU threshold: a box overlapping a higher-scored one of the same class by more
+            is dropped.
+        max_det: boxes kept per image.
+
+    Returns:
+        One dict per image: ``boxes`` ``float32`` ``N x 4`` xyxy pixels, ``scores`` ``float32``,
+        ``labels`` ``int64`` 0-based, and ``masks`` ``bool`` ``N x H x W`` for a seg model.
+    """
+    outputs: list[dict[str, np.ndarray]] = []
+    segment = getattr(model, "task", None) == "segment"
+    for start in range(0, len(images), batch):
+        chunk = [np.ascontiguousarray(image[..., ::-1]) for image in images[start:start + batch]]
+        results = model.predict(chunk, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det,
+                                device=device, verbose=False, retina_masks=True)
+        for image, result in zip(chunk, results):
+            outputs.append(_result_to_dict(result, image.shape[:2], segment))
+    return outputs
+
+
+def _result_to_dict(result: Any, shape: tuple[int, int], segment: bool) -> dict[str, np.ndarray]:
+    boxes = result.boxes
+    prediction = {
+        "boxes": boxes.xyxy.cpu().numpy().astype(np.float32).reshape(-1, 4),
+        "scores": boxes.conf.cpu().numpy().astype(np.float32).reshape(-1),
+        "labels": boxes.cls.cpu().numpy().astype(np.int64).reshape(-1),
+    }
+    if segment:
+        if result.masks is None:
+            prediction["masks"] = np.zeros((0, *shape), bool)
+        else:
+            masks = result.masks.data.cpu().numpy() > 0.5
+            if masks.shape[1:] != shape:  # retina_masks gives the input size; guard anyway
+                import cv2
+
+                masks = np.stack([cv2.resize(m.astype(np.uint8), shape[::-1], interpolation=cv2.INTER_NEAREST)
+                                  for m in masks]).astype(bool) if len(masks) else np.zeros((0, *shape), bool)
+            prediction["masks"] = masks
+    return prediction
+
+
+def yolo_parameters(model: Any) -> int:
+    """Number of parameters of an ``ultralytics.YOLO`` model."""
+    return sum(p.numel() for p in model.model.parameters())
