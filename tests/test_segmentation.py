@@ -1,0 +1,162 @@
+"""Semantic segmentation helpers: metrics against torchmetrics, data checks, models, training."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchmetrics.functional.classification import multiclass_f1_score, multiclass_jaccard_index
+
+from cvhelpers.data.coco import read_coco
+from cvhelpers.data.validate import DatasetError
+from cvhelpers.segmentation import (SegmentationDataset, check_class_mask, dice_from_confusion,
+                                    error_overlay, iou_from_confusion, load_segmentation_folder,
+                                    per_image_miou, predict_masks, segmentation_scores, smp_model,
+                                    train_for, worst_images)
+from cvhelpers.unet import UNet
+
+
+def _random_masks(seed: int, n: int = 4, c: int = 5, size: int = 24):
+    rng = np.random.default_rng(seed)
+    target = rng.integers(0, c, (n, size, size))
+    pred = np.where(rng.random((n, size, size)) < 0.7, target, rng.integers(0, c, (n, size, size)))
+    return pred, target
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_iou_and_dice_match_torchmetrics(seed):
+    pred, target = _random_masks(seed)
+    scores = segmentation_scores(pred, target, 5)
+    p, t = torch.from_numpy(pred), torch.from_numpy(target)
+    tm_iou = multiclass_jaccard_index(p, t, num_classes=5, average=None).numpy()
+    tm_dice = multiclass_f1_score(p, t, num_classes=5, average=None, multidim_average="global").numpy()
+    np.testing.assert_allclose(scores.iou, tm_iou, atol=1e-6)
+    np.testing.assert_allclose(scores.dice, tm_dice, atol=1e-6)
+    assert scores.miou == pytest.approx(tm_iou[1:].mean(), abs=1e-6)  # background left out
+    assert scores.mdice == pytest.approx(tm_dice[1:].mean(), abs=1e-6)
+
+
+def test_absent_class_is_nan_and_left_out_of_the_mean():
+    target = np.array([[0, 1], [1, 0]])
+    scores = segmentation_scores(target, target, 3)
+    assert np.isnan(scores.iou[2]) and scores.miou == 1.0
+    cm = np.array([[3, 1], [0, 2]])
+    assert iou_from_confusion(cm).tolist() == pytest.approx([3 / 4, 2 / 3])
+    assert dice_from_confusion(cm).tolist() == pytest.approx([6 / 7, 4 / 5])
+    assert "mean over objects" in scores.table(["bg", "a", "b"])
+
+
+def test_worst_images_and_error_overlay():
+    target = np.zeros((3, 8, 8), np.uint8)
+    target[:, 2:6, 2:6] = 1
+    pred = target.copy()
+    pred[1] = 0                 # image 1: object missed entirely
+    pred[2, 2:4, 2:6] = 2       # image 2: half of it with the wrong class
+    assert per_image_miou(pred, target, 3).tolist() == pytest.approx([1.0, 0.0, 0.25])
+    assert worst_images(pred, target, 3, k=2).tolist() == [1, 2]
+    image = np.full((8, 8, 3), 100, np.uint8)
+    shown = error_overlay(image, pred[2], target[2])
+    assert (shown[0, 0] == 100).all() and shown[2, 2, 0] > 180 and shown[2, 2, 2] < 100
+
+
+def test_dataset_augmentation_moves_image_and_mask_together():
+    image = np.zeros((16, 16, 3), np.uint8)
+    image[:4, :8] = 255
+    mask = (image[..., 0] > 0).astype(np.uint8)
+    ds = SegmentationDataset([image] * 8, [mask] * 8, augment=True, mean=(0, 0, 0), std=(1, 1, 1))
+    for i in range(8):
+        x, y = ds[i]
+        assert x.shape == (3, 16, 16) and y.dtype == torch.int64
+        assert torch.equal((x[0] > 0.5).long(), y)
+
+
+def _write(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_folder_reader_names_the_bad_mask(tmp_path):
+    image = np.zeros((10, 12, 3), np.uint8)
+    _write(tmp_path / "images" / "a.png", image)
+    _write(tmp_path / "masks" / "a.png", np.zeros((10, 12), np.uint8))
+    images, masks, names = load_segmentation_folder(tmp_path / "images", tmp_path / "masks", ["x", "y"])
+    assert names == ["a.png"] and masks[0].shape == (10, 12)
+
+    _write(tmp_path / "masks" / "a.png", np.zeros((12, 10), np.uint8))
+    with pytest.raises(DatasetError, match=r"masks/a\.png: mask size 10x12 \(WxH\) does not match"):
+        load_segmentation_folder(tmp_path / "images", tmp_path / "masks", ["x", "y"])
+
+    bad = np.zeros((10, 12), np.uint8)
+    bad[0, 0] = 3
+    _write(tmp_path / "masks" / "a.png", bad)
+    with pytest.raises(DatasetError, match=r"masks/a\.png: mask holds value\(s\) \[3\]"):
+        load_segmentation_folder(tmp_path / "images", tmp_path / "masks", ["x", "y"])
+
+
+def test_check_class_mask_allows_the_label_map():
+    assert check_class_mask(np.array([[0, 2]]), 3, "m.png").shape == (1, 2)
+    with pytest.raises(DatasetError, match="m.png: .*255"):
+        check_class_mask(np.array([[0, 255]], np.uint8), 3, "m.png")
+
+
+def test_polygon_with_two_points_names_the_file(tmp_path):
+    _write(tmp_path / "a.png", np.zeros((10, 10, 3), np.uint8))
+    coco = {"images": [{"id": 1, "file_name": "a.png", "width": 10, "height": 10}],
+            "categories": [{"id": 1, "name": "x"}],
+            "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [1, 1, 3, 3],
+                             "segmentation": [[1, 1, 4, 4]]}]}
+    (tmp_path / "ann.json").write_text(json.dumps(coco))
+    with pytest.raises(DatasetError, match=r"ann\.json: annotation id 7 .* 2 point\(s\); a polygon needs at least 3"):
+        read_coco(tmp_path / "ann.json")
+
+
+def test_smp_models_get_all_lite0_weights():
+    from cvhelpers.pretrained import lite0_state_dict_for_timm
+
+    model = smp_model("unet", num_classes=5)
+    stem = lite0_state_dict_for_timm()["conv_stem.weight"]
+    assert torch.equal(model.encoder.model.conv_stem.weight, stem)
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 5, 64, 64)
+    scratch = smp_model("deeplabv3plus", num_classes=3, pretrained=False)
+    assert not torch.equal(scratch.encoder.model.conv_stem.weight, stem)
+    with pytest.raises(ValueError, match="offline weights"):
+        smp_model("unet", encoder="resnet18")
+
+
+def _tiny_task():
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(8)]
+    masks = [(im[..., 0] > 127).astype(np.uint8) for im in images]
+    ds = SegmentationDataset(images, masks, mean=(0.5,) * 3, std=(0.5,) * 3)
+    return ds, masks, torch.utils.data.DataLoader(ds, batch_size=4, shuffle=True)
+
+
+def test_train_for_respects_the_clock():
+    torch.manual_seed(0)
+    ds, _, loader = _tiny_task()
+    model = UNet(3, 2, width=4, depth=2)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    train_for(model, loader, loss_fn, seconds=0.2, print_every_s=0)  # first steps pay one-time setup costs
+    log = train_for(model, loader, loss_fn, seconds=1.5, lr=1e-2, print_every_s=0)
+    assert 1.5 <= log.seconds < 4.0 and log.steps >= 3
+    assert log.lr[-1] < max(log.lr) and not model.training  # the clock brought the lr down
+
+
+def test_time_schedule_warms_up_then_decays_to_zero():
+    from cvhelpers.segmentation import _time_schedule
+
+    assert _time_schedule(0.0, 0.1) == 0.05 and _time_schedule(0.05, 0.1) == pytest.approx(0.5)
+    assert _time_schedule(0.1, 0.1) == pytest.approx(1.0) and _time_schedule(1.0, 0.1) == pytest.approx(0.0)
+    assert _time_schedule(0.55, 0.1) == pytest.approx(0.5)
+
+
+def test_train_for_learns_and_stops_after_max_epochs():
+    torch.manual_seed(0)
+    ds, masks, loader = _tiny_task()
+    model = UNet(3, 2, width=4, depth=2)
+    log = train_for(model, loader, torch.nn.CrossEntropyLoss(), seconds=60, lr=1e-2, warmup=0.0,
+                    max_epochs=40, print_every_s=0)  # epochs end it long before the clock: lr stays ~1e-2
+    assert log.epochs == 40 and log.steps == 80
+    pred = predict_masks(model, ds)
+    assert pred.shape == (8, 16, 16) and segmentation_scores(pred, np.stack(masks), 2).miou > 0.8
