@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from cvhelpers.env import OFFLINE_ENV
+from cvhelpers.env import setup
 
-os.environ.update(OFFLINE_ENV)
+# The notebooks' own setup: offline switches, and ultralytics pointed at the course's config
+# folder (with its font), so no test writes ~/.config/Ultralytics or asks GitHub for a font.
+setup()
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
