@@ -194,18 +194,25 @@ def faster_rcnn_lite0(num_classes: int, pretrained: bool = True, min_size: int =
         ``model(images)`` gives ``[{"boxes", "labels", "scores"}]``).
     """
     from torchvision.models.detection import FasterRCNN
+
+    backbone = lite0_fpn_backbone(pretrained, trainable_blocks, fpn_channels)
+    return FasterRCNN(
+        backbone, num_classes=None, **_box_head_parts(fpn_channels, num_classes),
+        **_detector_kwargs(min_size, anchor_sizes, aspect_ratios, box_batch_size_per_image),
+    )
+
+
+def _box_head_parts(fpn_channels: int, num_classes: int) -> dict[str, nn.Module]:
+    """RoI pooling over the three FPN levels, a two-layer box head and the class/box predictor."""
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.ops import MultiScaleRoIAlign
 
-    backbone = lite0_fpn_backbone(pretrained, trainable_blocks, fpn_channels)
     representation = 512
-    return FasterRCNN(
-        backbone, num_classes=None,
-        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2"], output_size=7, sampling_ratio=2),
-        box_head=TwoMLPHead(fpn_channels * 7 * 7, representation),
-        box_predictor=FastRCNNPredictor(representation, num_classes + 1),
-        **_detector_kwargs(min_size, anchor_sizes, aspect_ratios, box_batch_size_per_image),
-    )
+    return {
+        "box_roi_pool": MultiScaleRoIAlign(["0", "1", "2"], output_size=7, sampling_ratio=2),
+        "box_head": TwoMLPHead(fpn_channels * 7 * 7, representation),
+        "box_predictor": FastRCNNPredictor(representation, num_classes + 1),
+    }
 
 
 def mask_rcnn_lite0(num_classes: int, pretrained: bool = True, min_size: int = 320,
@@ -221,17 +228,12 @@ def mask_rcnn_lite0(num_classes: int, pretrained: bool = True, min_size: int = 3
     eval mode outputs carry ``masks`` ``float`` ``N x 1 x H x W`` probabilities.
     """
     from torchvision.models.detection import MaskRCNN
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
     from torchvision.ops import MultiScaleRoIAlign
 
     backbone = lite0_fpn_backbone(pretrained, trainable_blocks, fpn_channels)
-    representation = 512
     return MaskRCNN(
-        backbone, num_classes=None,
-        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2"], output_size=7, sampling_ratio=2),
-        box_head=TwoMLPHead(fpn_channels * 7 * 7, representation),
-        box_predictor=FastRCNNPredictor(representation, num_classes + 1),
+        backbone, num_classes=None, **_box_head_parts(fpn_channels, num_classes),
         mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2"], output_size=14, sampling_ratio=2),
         mask_head=MaskRCNNHeads(fpn_channels, [fpn_channels] * mask_head_layers, 1),
         mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes + 1),
