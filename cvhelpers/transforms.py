@@ -194,7 +194,8 @@ def _albumentations_train(s: AugmentSettings) -> Any:
         *maybe(s.noise_p, "GaussNoise", std_range=s.noise_std),
         *maybe(s.blur_p, "GaussianBlur", sigma_limit=s.blur_sigma),
         *maybe(s.motion_blur_p, "MotionBlur", blur_limit=(3, s.motion_blur)),
-        *maybe(s.dropout_p, "CoarseDropout", num_holes_range=s.dropout_holes,
+        # boxes stay put under the holes (see augment_ops): they must keep enclosing the masks
+        *maybe(s.dropout_p, "CoarseDropoutKeepBoxes", num_holes_range=s.dropout_holes,
                hole_height_range=s.dropout_size, hole_width_range=s.dropout_size, fill=0),
     ]
     return _albumentations_compose(steps, s)

@@ -169,3 +169,17 @@ def test_augmented_dataset_serves_grey_images():
     preset = train_preset("classification", "torchvision", size=28, mean=None, std=None)
     x, y = AugmentedDataset(images, np.arange(5), preset)[2]
     assert x.shape == (1, 28, 28) and 0 <= x.min() and x.max() <= 1 and int(y) == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_coarse_dropout_leaves_boxes_enclosing_their_masks(scenes, backend):
+    """Holes hide parts of objects but do not move their boxes (albumentations 2.x would shrink
+    each box to its largest visible rectangle, leaving the object's mask sticking out)."""
+    settings = preset_settings("detection", size=160, crop_scale=(1.0, 1.0), hflip_p=0.0,
+                               affine_p=0.0, dropout_p=1.0, dropout_holes=(3, 3),
+                               dropout_size=(0.3, 0.3))
+    preset = train_preset("detection", backend, settings=settings)
+    for scene in scenes:
+        out = preset(scene.image, boxes=scene.boxes, labels=scene.labels, masks=scene.masks)
+        torch.testing.assert_close(out["boxes"], torch.as_tensor(scene.boxes))
+        assert torch.equal(out["masks"], torch.as_tensor(scene.masks))
