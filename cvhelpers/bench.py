@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from cvhelpers.models import eval_mode
+
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameter elements (shared parameters counted once).
@@ -34,16 +36,9 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 @contextlib.contextmanager
 def _eval_mode(model: Any) -> Iterator[None]:
-    """Run in eval mode (dropout off, BatchNorm frozen), then restore the caller's mode."""
-    if not isinstance(model, nn.Module):
+    """:func:`cvhelpers.models.eval_mode` for modules; plain callables run as they are."""
+    with eval_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext():
         yield
-        return
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cvhelpers.models import eval_mode
+
 __all__ = ["default_target_layer", "grad_cam", "cam_mass", "overlay_cam"]
 
 
@@ -76,23 +78,21 @@ def grad_cam(model: nn.Module, images: torch.Tensor, class_index: int | list[int
         caught["features"] = output
 
     handle = layer.register_forward_hook(keep_features)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            # The input asks for gradients so the features do even when the weights are frozen.
-            x = batch.to(device).detach().requires_grad_(True)
-            logits = model(x)
-            if class_index is None:
-                targets = logits.argmax(dim=1)
-            else:
-                targets = torch.as_tensor(class_index, device=device).expand(len(batch))
-            score = logits.gather(1, targets.view(-1, 1)).sum()  # images do not mix: sum is fine
-            # Only d(score)/d(features): much cheaper than backward() through every weight.
-            (gradient,) = torch.autograd.grad(score, caught["features"])
-    finally:
-        handle.remove()
-        model.train(was_training)
+    with eval_mode(model):
+        try:
+            with torch.enable_grad():
+                # The input asks for gradients so the features do even when the weights are frozen.
+                x = batch.to(device).detach().requires_grad_(True)
+                logits = model(x)
+                if class_index is None:
+                    targets = logits.argmax(dim=1)
+                else:
+                    targets = torch.as_tensor(class_index, device=device).expand(len(batch))
+                score = logits.gather(1, targets.view(-1, 1)).sum()  # images do not mix: sum is fine
+                # Only d(score)/d(features): much cheaper than backward() through every weight.
+                (gradient,) = torch.autograd.grad(score, caught["features"])
+        finally:
+            handle.remove()
     features = caught["features"].detach()
     weights = gradient.mean(dim=(2, 3), keepdim=True)  # B x C x 1 x 1: step 1
     cam = F.relu((weights * features).sum(dim=1, keepdim=True))  # B x 1 x h x w: step 2

@@ -27,6 +27,7 @@ from torch import nn
 
 from cvhelpers.bench import LatencyResult, measure_latency
 from cvhelpers.env import usable_cores
+from cvhelpers.models import eval_mode
 
 __all__ = [
     "ort_session", "run_session", "ort_runner", "ParityReport", "compare_with_pytorch",
@@ -128,13 +129,10 @@ def compare_with_pytorch(model: nn.Module, session: ort.InferenceSession,
         inputs: ``N x C x H x W`` float32, real images preprocessed for the model.
         argmax: also report top-1 agreement over dim 1.
     """
-    was_training = model.training
-    model.eval()
     references = []
-    with torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         for i in range(0, len(inputs), batch_size):
             references.append(_first_tensor(model(inputs[i:i + batch_size])).float().cpu().numpy())
-    model.train(was_training)
     reference = np.concatenate(references)
     exported = run_session(session, inputs, batch_size)
     if exported.shape != reference.shape:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from cvhelpers.env import pick_device
+from cvhelpers.models import eval_mode
 
 __all__ = ["StepFn", "move_to_device", "classification_step", "evaluate", "predict"]
 
@@ -115,10 +116,8 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn: Callable[..., torch.Te
     """
     device = _place_model(model, device)
     loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
-    was_training = model.training
-    model.eval()
     loss_sum, seen, correct, counted = 0.0, 0, 0, 0
-    with torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         for batch in loader:
             batch = move_to_device(batch, device, channels_last)
             with autocast(device, amp_dtype):
@@ -130,7 +129,6 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn: Callable[..., torch.Te
             if counts is not None:
                 c, k = counts.tolist()
                 correct, counted = correct + int(c), counted + int(k)
-    model.train(was_training)
     if seen == 0:
         raise ValueError("evaluate: the loader yielded no batches")
     return {"loss": loss_sum / seen, "accuracy": correct / counted if counted else math.nan}
@@ -150,16 +148,13 @@ def predict(model: nn.Module, loader: Iterable, device: str | torch.device | Non
         (``None`` when the loader yields bare images). Order follows the loader.
     """
     device = _place_model(model, device)
-    was_training = model.training
-    model.eval()
     outputs_list: list[torch.Tensor] = []
     targets_list: list[torch.Tensor] = []
-    with torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         for batch in loader:
             inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
             outputs = model(inputs.to(device)).float()
             outputs_list.append((outputs.softmax(dim=1) if probs else outputs).cpu())
             if isinstance(batch, (list, tuple)):
                 targets_list.append(batch[1].cpu())
-    model.train(was_training)
     return torch.cat(outputs_list), (torch.cat(targets_list) if targets_list else None)

@@ -32,6 +32,8 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader
 from torch import nn
 
+from cvhelpers.models import eval_mode
+
 __all__ = [
     "ExportMetadata", "export_onnx", "write_metadata", "read_metadata", "onnx_opset",
     "export_torchscript", "export_yolo_onnx", "ImageCalibrationReader", "quantize_int8",
@@ -187,17 +189,13 @@ def export_onnx(
     if example_input is None:
         example_input = torch.rand(2, *metadata.input_shape, device=device)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if metadata.dynamic_batch else None
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         torch.onnx.export(
             model, (example_input,), str(path), dynamo=True, external_data=False,
             input_names=[metadata.input_name],
             output_names=list(output_names or [metadata.output_name]),
             dynamic_shapes=dynamic_shapes, opset_version=opset, verbose=False,
         )
-    finally:
-        model.train(was_training)
     metadata.opset = onnx_opset(path)
     write_metadata(path, metadata)
     return path
@@ -214,9 +212,7 @@ def export_torchscript(model: nn.Module, path: str | Path, example_input: torch.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             if method == "trace":
                 scripted = torch.jit.trace(model, example_input)
@@ -225,8 +221,6 @@ def export_torchscript(model: nn.Module, path: str | Path, example_input: torch.
             else:
                 raise ValueError(f"method must be 'trace' or 'script', got {method!r}")
         scripted.save(str(path))
-    finally:
-        model.train(was_training)
     return path
 
 
@@ -354,14 +348,10 @@ def export_coreml(model: nn.Module, path: str | Path, example_input: torch.Tenso
         import coremltools as ct
     except ImportError as err:
         raise ImportError("Core ML conversion needs coremltools: pip install coremltools") from err
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         exported = torch.export.export(model, (example_input,)).run_decompositions({})
         mlmodel = ct.convert(exported, convert_to="mlprogram",
                              minimum_deployment_target=ct.target.iOS17)
-    finally:
-        model.train(was_training)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mlmodel.save(str(path))
@@ -378,12 +368,8 @@ def export_tflite(model: nn.Module, path: str | Path, example_input: torch.Tenso
         import litert_torch
     except ImportError as err:
         raise ImportError("TFLite conversion needs litert-torch: pip install litert-torch") from err
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         edge_model = litert_torch.convert(model, (example_input,))
-    finally:
-        model.train(was_training)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     edge_model.export(str(path))

@@ -12,12 +12,34 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
 from torch import nn
 
-__all__ = ["SmallCNN", "conv_block"]
+__all__ = ["SmallCNN", "conv_block", "eval_mode"]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the ``with`` block in eval mode (dropout off, BatchNorm on its running statistics),
+    then put back the caller's mode, also when the block raises.
+
+    >>> model = SmallCNN().train()
+    >>> with eval_mode(model):
+    ...     model.training
+    False
+    >>> model.training
+    True
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def conv_block(

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from cvhelpers.models import eval_mode
+
 # --- EfficientNet-Lite0 weights ---------------------------------------------------------------
 
 LITE0_ARCH = "tf_efficientnet_lite0"
@@ -240,13 +242,9 @@ def predict_topk(model: nn.Module, images: torch.Tensor, k: int = 5,
     """
     if images.ndim == 3:
         images = images.unsqueeze(0)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         device = next(model.parameters()).device
         probs = model(images.to(device)).float().softmax(dim=1).cpu()
-    finally:
-        model.train(was_training)
     if class_names is None:
         num_classes = probs.shape[1]
         class_names = (imagenet_class_names() if num_classes == 1000

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 # re-exported: notebooks import the Detectron2 conversion from here too
 from cvhelpers.data.detectron2 import DETECTRON2_XYXY_ABS, to_detectron2_dicts  # noqa: F401
+from cvhelpers.models import eval_mode
 from cvhelpers.pretrained import LITE0_ARCH, LITE0_MEAN, LITE0_STD, load_lite0_weights
 
 #: Output strides and channels of the Lite0 stages the FPN reads (timm out_indices 2, 3, 4).
@@ -357,10 +358,9 @@ def predict_detector(model: nn.Module, images: Sequence[np.ndarray], batch_size:
         ``labels`` ``int64`` **0-based**, and ``masks`` ``bool`` ``N x H x W`` if the model
         predicts masks.
     """
-    was_training = model.training
-    model.eval().to(device)
+    model.to(device)
     outputs = []
-    try:
+    with eval_mode(model):
         for start in range(0, len(images), batch_size):
             batch = [torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255).to(device)
                      for image in images[start:start + batch_size]]
@@ -373,6 +373,4 @@ def predict_detector(model: nn.Module, images: Sequence[np.ndarray], batch_size:
                 if "masks" in result:
                     prediction["masks"] = result["masks"][:, 0].cpu().numpy() > mask_threshold
                 outputs.append(prediction)
-    finally:
-        model.train(was_training)
     return outputs

@@ -67,3 +67,20 @@ def test_learns_a_tiny_batch():
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.2 * first
+
+
+def test_eval_mode_restores_the_callers_mode_even_after_an_error():
+    import pytest
+
+    from cvhelpers.models import eval_mode
+
+    model = SmallCNN(in_channels=1, num_classes=10, width=8).train()
+    with pytest.raises(RuntimeError):
+        with eval_mode(model):
+            assert not model.training and not any(m.training for m in model.modules())
+            raise RuntimeError("interrupted mid-evaluation")
+    assert model.training and all(m.training for m in model.modules())
+    model.eval()
+    with eval_mode(model):
+        pass
+    assert not model.training  # a model that was in eval mode stays there
