@@ -106,8 +106,14 @@ def init_distributed(backend: str | None = None, device: str = "auto") -> DistIn
 
 
 def cleanup_distributed() -> None:
-    """Leave the process group (call once at the end of a torchrun script)."""
+    """Leave the process group (call once at the end of a torchrun script).
+
+    Waits for every process first: a rank that tears gloo down while another still works (rank
+    0 writing its results, say) can make that other rank abort on exit ("terminate called
+    without an active exception"), which torchrun reports as a failed run.
+    """
     if is_distributed():
+        dist.barrier()
         dist.destroy_process_group()
 
 
