@@ -58,30 +58,30 @@ unit: data
 	$(PY) -m pytest tests
 
 notebooks: data
-	$(PY) -m cvhelpers.runner --profile smoke --out $(BUILD)/smoke $(NB)
+	$(PY) -m cvhelpers.course.runner --profile smoke --out $(BUILD)/smoke $(NB)
 
 # Student copies of the notebooks that hold exercises must still run (checks skip, not fail).
 STUDENT_NB ?= 00 01 02 04 05 06 07
 
 site: venv
-	$(PY) -m cvhelpers.site --notebooks $(BUILD)/notebooks --results $(BUILD)/results.json --out $(BUILD)/site
+	$(PY) -m cvhelpers.course.site --notebooks $(BUILD)/notebooks --results $(BUILD)/results.json --out $(BUILD)/site
 
 student: venv
-	$(PY) -m cvhelpers.workshop student notebooks $(BUILD)/student $(NB)
+	$(PY) -m cvhelpers.course.workshop student notebooks $(BUILD)/student $(NB)
 
 student-smoke: venv data
-	$(PY) -m cvhelpers.workshop student notebooks $(BUILD)/smoke-student/src $(STUDENT_NB)
-	$(PY) -m cvhelpers.runner --profile smoke --notebooks-dir $(BUILD)/smoke-student/src --out $(BUILD)/smoke-student $(STUDENT_NB)
+	$(PY) -m cvhelpers.course.workshop student notebooks $(BUILD)/smoke-student/src $(STUDENT_NB)
+	$(PY) -m cvhelpers.course.runner --profile smoke --notebooks-dir $(BUILD)/smoke-student/src --out $(BUILD)/smoke-student $(STUDENT_NB)
 
 site-check: notebooks
-	$(PY) -m cvhelpers.site --notebooks $(BUILD)/smoke/notebooks --results $(BUILD)/smoke/results.json --out $(BUILD)/smoke/site
+	$(PY) -m cvhelpers.course.site --notebooks $(BUILD)/smoke/notebooks --results $(BUILD)/smoke/results.json --out $(BUILD)/smoke/site
 	$(PY) tools/browser_check.py $(BUILD)/smoke/site --screenshot $(BUILD)/smoke/site-index.png
 
 test: unit student-smoke site-check
-	@$(PY) -m cvhelpers.runner --summary $(BUILD)/smoke/results.json
+	@$(PY) -m cvhelpers.course.runner --summary $(BUILD)/smoke/results.json
 
 course: data
-	$(PY) -m cvhelpers.runner --profile full --out $(BUILD) $(NB)
+	$(PY) -m cvhelpers.course.runner --profile full --out $(BUILD) $(NB)
 
 lab: data
 	cd notebooks && $(abspath $(PY)) -m jupyter lab

@@ -8,7 +8,7 @@ Run from the project root::
 Prints two Markdown tables and writes ``build/benchmarks/augmentation.json`` (with the machine
 and library versions):
 
-1. images/s of each training preset (``cvhelpers.transforms.train_preset``) in both libraries on
+1. images/s of each training preset (``cvhelpers.augment.presets.train_preset``) in both libraries on
    the same images: the scenes benchmark (160 px, with boxes/masks for detection and
    segmentation) and real photos (~512 px, cropped to 224). One thread each (torch and OpenCV),
    as inside a DataLoader worker.
@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from cvhelpers.data.photos import list_photos  # noqa: E402
 from cvhelpers.data.scenes import generate_scenes  # noqa: E402
-from cvhelpers.transforms import BACKENDS, TASKS, AugmentedDataset, train_preset  # noqa: E402
+from cvhelpers.augment.presets import BACKENDS, TASKS, AugmentedDataset, train_preset  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "build" / "benchmarks" / "augmentation.json"
 

@@ -6,7 +6,7 @@
 Trains the course SmallCNN on Fashion-MNIST (or loads ``--checkpoint``), exports it with the
 dynamo ONNX exporter, quantises it to INT8 (static, QDQ, per-channel, calibrated on training
 images), then times every runtime in one run on the same inputs at batch 1 and 32 with
-``cvhelpers.bench.measure_latency`` (warm-up calls excluded; runtimes interleaved, median of
+``cvhelpers.evaluation.bench.measure_latency`` (warm-up calls excluded; runtimes interleaved, median of
 ``--repeats``). Prints Markdown tables and writes build/benchmarks/export_latency.json with the
 machine and package versions.
 """
@@ -51,8 +51,10 @@ def train_smallcnn(data_dir: str, epochs: float, seed: int = 0):
     import torch
 
     from cvhelpers.data.fashion_mnist import load_fashion_mnist, to_tensor_dataset
-    from cvhelpers.models import SmallCNN
-    from cvhelpers.train import fit, make_loader, seed_everything
+    from cvhelpers.models.cnn import SmallCNN
+    from cvhelpers.train.engine import fit
+    from cvhelpers.data.loading import make_loader
+from cvhelpers.env import seed_everything
 
     images, labels = load_fashion_mnist(data_dir, "train")
     n = len(images) if epochs >= 1 else int(len(images) * epochs)
@@ -74,15 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     setup()
     import torch
 
-    from cvhelpers.checkpoint import load_checkpoint
-    from cvhelpers.data.fashion_mnist import CLASS_NAMES, MEAN, STD, load_fashion_mnist, to_tensor_dataset
-    from cvhelpers.deploy import (compare_latency, compare_with_pytorch, latency_lookup,
-                                  latency_markdown, ort_runner, ort_session, session_accuracy)
-    from cvhelpers.export import ExportMetadata, export_onnx, op_counts, quantize_int8
-    from cvhelpers.metrics import accuracy
-    from cvhelpers.models import SmallCNN
-    from cvhelpers.results import Target, write_json_atomic
-    from cvhelpers.train import make_loader, predict
+    from cvhelpers.train.checkpoint import load_checkpoint
+    from cvhelpers.data.fashion_mnist import (CLASS_NAMES, MEAN, STD, load_fashion_mnist, to_tensor_dataset)
+    from cvhelpers.deploy.runtime import (compare_latency, compare_with_pytorch, latency_lookup, latency_markdown, ort_runner, ort_session, session_accuracy)
+    from cvhelpers.deploy.export import ExportMetadata, export_onnx, op_counts, quantize_int8
+    from cvhelpers.evaluation.metrics import accuracy
+    from cvhelpers.models.cnn import SmallCNN
+    from cvhelpers.course.results import Target
+    from cvhelpers.files import write_json_atomic
+    from cvhelpers.data.loading import make_loader
+    from cvhelpers.train.evaluate import predict
 
     started = time.perf_counter()
     if args.checkpoint:
@@ -179,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def int8_variants(fp32_path, work, calibration_x, test_x, test_y, args) -> dict:
     """Where does the INT8 speed come from? Format, weight granularity and threads, side by side."""
-    from cvhelpers.deploy import compare_latency, ort_runner, ort_session, session_accuracy
-    from cvhelpers.export import quantize_int8
+    from cvhelpers.deploy.runtime import compare_latency, ort_runner, ort_session, session_accuracy
+    from cvhelpers.deploy.export import quantize_int8
 
     runtimes, accuracy = {}, {}
     for threads in (1, 2):

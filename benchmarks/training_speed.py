@@ -5,8 +5,8 @@
 
 Modes on a GPU: fp32 -> TF32 -> AMP fp16 -> AMP bf16 -> bf16 + channels_last -> + torch.compile;
 on a CPU: fp32 -> AMP bf16 -> + channels_last (``--compile`` adds torch.compile). Every mode
-trains a fresh ResNet-50 with SGD through ``cvhelpers.train.fit``; the fastest mode is then
-run again in a bare hand-written loop (``cvhelpers.speed.bare_training_loop``) to show what
+trains a fresh ResNet-50 with SGD through ``cvhelpers.train.engine.fit``; the fastest mode is then
+run again in a bare hand-written loop (``cvhelpers.train.speed.bare_training_loop``) to show what
 the course loop costs on top. Prints a Markdown table and the targets (set for one H100:
 best mode >= 5,000 img/s, >= 2.5x its own TF32 mode, course loop within 10 % of the bare
 loop), and writes build/benchmarks/training_speed.json.
@@ -25,11 +25,8 @@ import torch
 import torchvision
 
 from cvhelpers.env import environment_report, pick_device, setup
-from cvhelpers.results import write_json_atomic
-from cvhelpers.speed import (
-    SpeedResult, cpu_ladder, describe, gpu_ladder, measure_ladder, measure_mode, speed_table,
-    synthetic_batch,
-)
+from cvhelpers.files import write_json_atomic
+from cvhelpers.train.speed import (SpeedResult, cpu_ladder, describe, gpu_ladder, measure_ladder, measure_mode, speed_table, synthetic_batch)
 
 OUT = Path(__file__).resolve().parents[1] / "build" / "benchmarks" / "training_speed.json"
 TARGETS = {"best_images_per_s": 5000.0, "best_vs_tf32": 2.5, "loop_vs_bare": 0.9}

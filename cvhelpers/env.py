@@ -133,6 +133,30 @@ def pick_device(preference: str = "auto") -> "torch.device":  # noqa: F821
     return torch.device("cpu")
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python ``random``, NumPy's global RNG and torch (CPU and every GPU): call it before
+    building a model, so the same code gives the same weights."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds all CUDA devices
+
+
+def synchronize(device: "torch.device") -> None:  # noqa: F821
+    """Wait for the device's queued work (GPU kernels run asynchronously): call it before
+    reading a clock. A no-op on the CPU."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def package_versions(names: tuple[str, ...] = REPORTED_PACKAGES) -> dict[str, str | None]:
     """Installed versions of ``names`` (``None`` for a package that is not installed)."""
     versions: dict[str, str | None] = {}

@@ -147,7 +147,7 @@ def plot_history(history: Mapping[str, Any] | Any) -> Figure:
     """Learning curves: loss (left) and accuracy (right) per epoch, train vs. validation.
 
     Args:
-        history: ``History.to_dict()`` from ``cvhelpers.train.fit`` (or the ``History`` itself):
+        history: ``History.to_dict()`` from ``cvhelpers.train.engine.fit`` (or the ``History`` itself):
             lists ``train_loss``, ``val_loss`` and optionally ``train_accuracy``,
             ``val_accuracy``, ``epoch``; ``best_epoch`` (1-based) is marked with a dashed line.
 
@@ -185,7 +185,7 @@ def plot_confusion_matrix(cm: Any, class_names: Sequence[str] | None = None,
     """Show a confusion matrix (rows = true class, columns = predicted) as a heat map.
 
     Args:
-        cm: ``K x K`` counts, e.g. from ``cvhelpers.metrics.confusion_matrix``.
+        cm: ``K x K`` counts, e.g. from ``cvhelpers.evaluation.metrics.confusion_matrix``.
         class_names: ``K`` names for the ticks.
         normalize: divide each row by its total, so cells read as "fraction of class i
             predicted as j" and the diagonal is each class's recall (rows without samples
@@ -294,7 +294,7 @@ def show_mistakes(images: Any, true_labels: Any, pred_labels: Any,
                   ncols: int = 8) -> Figure:
     """A gallery of predictions titled ``true: X`` / ``pred: Y (0.97)``, wrong ones in red.
 
-    Typical use with ``cvhelpers.metrics.worst_mistakes``::
+    Typical use with ``cvhelpers.evaluation.metrics.worst_mistakes``::
 
         idx = worst_mistakes(probs, targets, k=16)
         show_mistakes(images[idx], targets[idx], probs[idx].argmax(1), class_names,
@@ -324,3 +324,12 @@ def show_mistakes(images: Any, true_labels: Any, pred_labels: Any,
         colors.append("black" if t == p else "red")
     return show_images(images, titles=titles, ncols=ncols, title_colors=colors,
                        size=1.8, suptitle="predictions (wrong ones in red)")
+def error_overlay(image: np.ndarray, pred: np.ndarray, target: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """``uint8 H x W x 3``: wrong pixels tinted red (missed object) or yellow (wrong class or
+    false object), right ones left as they are."""
+    out = image.astype(np.float32).copy()
+    missed = (pred != target) & (pred == 0)
+    wrong = (pred != target) & (pred != 0)
+    for where, colour in ((missed, (255, 0, 0)), (wrong, (255, 220, 0))):
+        out[where] = (1 - alpha) * out[where] + alpha * np.array(colour, np.float32)
+    return out.round().clip(0, 255).astype(np.uint8)

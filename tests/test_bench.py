@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 from cvhelpers import bench
-from cvhelpers.bench import (LatencyResult, count_flops, count_parameters, latency_vs_batch,
-                             measure_latency)
+from cvhelpers.evaluation.bench import (LatencyResult, count_flops, count_parameters, latency_vs_batch, measure_latency)
 
 
 def tiny_net() -> nn.Module:

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from cvhelpers.cam import cam_mass, default_target_layer, grad_cam, overlay_cam
+from cvhelpers.evaluation.cam import cam_mass, default_target_layer, grad_cam, overlay_cam
 from cvhelpers.data.photos import load_photo
-from cvhelpers.pretrained import efficientnet_lite0, preprocess_photo
+from cvhelpers.models.pretrained import efficientnet_lite0, preprocess_photo
 
 TABBY, ESPRESSO = 281, 967
 

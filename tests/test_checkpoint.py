@@ -7,12 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from cvhelpers.checkpoint import (
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
+from cvhelpers.train.checkpoint import (capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint)
 
 
 def make_training_objects(seed: int, scale: float = 65536.0):

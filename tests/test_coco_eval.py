@@ -11,10 +11,10 @@ import pytest
 import torch
 from torchmetrics.detection import MeanAveragePrecision
 
-from cvhelpers.coco_eval import evaluate_coco, evaluate_detections, summary_keys, to_coco_results
+from cvhelpers.detection.coco_eval import (evaluate_coco, evaluate_detections, summary_keys, to_coco_results)
 from cvhelpers.data.coco import AnnotatedImage, write_coco
-from cvhelpers.detection_analysis import simulate_detections
-from cvhelpers.detection_metrics import IOU_THRESHOLDS, RECALL_THRESHOLDS, Detections
+from cvhelpers.detection.analysis import simulate_detections
+from cvhelpers.detection.metrics import IOU_THRESHOLDS, RECALL_THRESHOLDS, Detections
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*__array__ implementation:DeprecationWarning")
 

@@ -5,18 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cvhelpers.coco_eval import evaluate_coco, evaluate_detections
+from cvhelpers.detection.coco_eval import evaluate_coco, evaluate_detections
 from cvhelpers.data.coco import AnnotatedImage
 from cvhelpers.data.scenes import generate_scenes
-from cvhelpers.detection_analysis import (
-    detection_confusion_matrix,
-    image_errors,
-    match_class_agnostic,
-    simulate_detections,
-    worst_images,
-)
-from cvhelpers.detection_metrics import Detections
-from cvhelpers.metrics import per_class_report
+from cvhelpers.detection.analysis import (detection_confusion_matrix, image_errors, match_class_agnostic, simulate_detections)
+from cvhelpers.detection.analysis import worst_images
+from cvhelpers.detection.metrics import Detections
+from cvhelpers.evaluation.metrics import per_class_report
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*__array__ implementation:DeprecationWarning")
 

@@ -10,18 +10,8 @@ from pycocotools import mask as mask_utils
 from sklearn.metrics import precision_recall_curve as sk_precision_recall_curve
 from torchvision.ops import box_iou as tv_box_iou
 
-from cvhelpers.detection_metrics import (
-    RECALL_THRESHOLDS,
-    Detections,
-    as_detections,
-    as_ground_truth,
-    average_precision,
-    box_iou,
-    mask_iou,
-    match_predictions,
-    precision_envelope,
-    precision_recall_curve,
-)
+from cvhelpers.detection.metrics import (RECALL_THRESHOLDS, Detections, as_detections, as_ground_truth, average_precision, mask_iou, match_predictions, precision_envelope, precision_recall_curve)
+from cvhelpers.detection.boxes import box_iou
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*__array__ implementation:DeprecationWarning")
 

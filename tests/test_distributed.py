@@ -20,13 +20,10 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from cvhelpers.checkpoint import load_checkpoint
-from cvhelpers.distributed import (
-    broadcast_object, get_rank, get_world_size, init_distributed, is_ddp, is_main_process,
-    make_distributed_loader, no_sync_if, unwrap_model, wrap_model,
-)
-from cvhelpers.models import SmallCNN
-from cvhelpers.train import fit, last_checkpoint_path
+from cvhelpers.train.checkpoint import load_checkpoint
+from cvhelpers.train.distributed import (broadcast_object, get_rank, get_world_size, init_distributed, is_ddp, is_main_process, make_distributed_loader, no_sync_if, unwrap_model, wrap_model)
+from cvhelpers.models.cnn import SmallCNN
+from cvhelpers.train.engine import fit, last_checkpoint_path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = PROJECT_ROOT / "scripts" / "ddp_train.py"

@@ -22,13 +22,14 @@ import pytest
 import torch
 from PIL import Image
 
-from cvhelpers.data.fashion_mnist import CLASS_NAMES, MEAN, STD, load_fashion_mnist, to_tensor_dataset
+from cvhelpers.data.fashion_mnist import (CLASS_NAMES, MEAN, STD, load_fashion_mnist, to_tensor_dataset)
 from cvhelpers.data.scenes import generate_scenes
-from cvhelpers.deploy import compare_with_pytorch, ort_session, run_session, session_accuracy
-from cvhelpers.export import (ExportMetadata, export_coreml, export_onnx, export_tflite,
-                              export_torchscript, op_counts, quantize_int8, read_metadata)
-from cvhelpers.models import SmallCNN
-from cvhelpers.train import fit, make_loader, seed_everything
+from cvhelpers.deploy.runtime import (compare_with_pytorch, ort_session, run_session, session_accuracy)
+from cvhelpers.deploy.export import (ExportMetadata, export_coreml, export_onnx, export_tflite, export_torchscript, op_counts, quantize_int8, read_metadata)
+from cvhelpers.models.cnn import SmallCNN
+from cvhelpers.train.engine import fit
+from cvhelpers.data.loading import make_loader
+from cvhelpers.env import seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4  # fp32 ONNX Runtime vs PyTorch, absolute, on real inputs
@@ -135,7 +136,7 @@ def test_segmentation_unet_parity_on_scenes(tmp_path):
 def test_yolo_parity_with_ultralytics_exporter(tmp_path, monkeypatch):
     pytest.importorskip("ultralytics")
     from cvhelpers.env import configure_ultralytics, setup
-    from cvhelpers.export import export_yolo_onnx
+    from cvhelpers.deploy.export import export_yolo_onnx
 
     setup()
     configure_ultralytics()

@@ -7,10 +7,7 @@ from sklearn.metrics import recall_score
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import TensorDataset
 
-from cvhelpers.imbalance import (
-    STRATEGIES, balanced_class_weights, balanced_sampler, imbalanced_subset, minority_recall,
-    per_class_recall, train_with_strategy,
-)
+from cvhelpers.classification.imbalance import (STRATEGIES, balanced_class_weights, balanced_sampler, imbalanced_subset, minority_recall, per_class_recall, train_with_strategy)
 
 
 @pytest.fixture

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from cvhelpers.instance_seg import (draw_instances, find_labelme_coco, instance_map, keep_confident,
-                                    read_labelme_coco)
+from cvhelpers.segmentation.instances import (draw_instances, find_labelme_coco, instance_map, keep_confident, read_labelme_coco)
 
 
 def test_instance_map_and_drawing():

@@ -5,8 +5,7 @@ import pytest
 import torch
 from segmentation_models_pytorch.losses import DiceLoss as SmpDiceLoss
 
-from cvhelpers.losses import (CEDiceLoss, DiceLoss, class_pixel_counts, class_weights, dice_loss,
-                              naive_dice_loss, one_hot_masks)
+from cvhelpers.segmentation.losses import (CEDiceLoss, DiceLoss, class_pixel_counts, class_weights, dice_loss, naive_dice_loss, one_hot_masks)
 
 
 def _random_batch(seed: int, n: int = 3, c: int = 5, size: int = 16):

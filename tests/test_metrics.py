@@ -13,18 +13,7 @@ from torchmetrics.classification import (
     MulticlassConfusionMatrix,
 )
 
-from cvhelpers.metrics import (
-    accuracy,
-    confusion_matrix,
-    expected_calibration_error,
-    fit_temperature,
-    negative_log_likelihood,
-    per_class_report,
-    reliability_curve,
-    softmax,
-    to_labels,
-    worst_mistakes,
-)
+from cvhelpers.evaluation.metrics import (accuracy, confusion_matrix, expected_calibration_error, fit_temperature, negative_log_likelihood, per_class_report, reliability_curve, softmax, to_labels, worst_mistakes)
 
 NUM_CLASSES = 7
 

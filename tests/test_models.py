@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from cvhelpers.models import SmallCNN, conv_block
+from cvhelpers.models.cnn import SmallCNN, conv_block
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def test_learns_a_tiny_batch():
 def test_eval_mode_restores_the_callers_mode_even_after_an_error():
     import pytest
 
-    from cvhelpers.models import eval_mode
+    from cvhelpers.models.freezing import eval_mode
 
     model = SmallCNN(in_channels=1, num_classes=10, width=8).train()
     with pytest.raises(RuntimeError):

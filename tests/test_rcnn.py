@@ -9,8 +9,8 @@ import torch
 from pycocotools import mask as mask_utils
 
 from cvhelpers import rcnn
-from cvhelpers.coco_eval import evaluate_coco
-from cvhelpers.data.detectron2 import to_detectron2_dicts
+from cvhelpers.detection.coco_eval import evaluate_coco
+from cvhelpers.detection.detectron2 import to_detectron2_dicts
 from cvhelpers.data.scenes import CLASS_NAMES, generate_scenes
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*__array__ implementation:DeprecationWarning")
@@ -47,7 +47,7 @@ def test_flip_moves_boxes_with_masks(scenes):
 
 
 def test_pretrained_backbone_loads_weights_and_freezes_early_stages():
-    from cvhelpers.pretrained import lite0_state_dict_for_timm
+    from cvhelpers.models.pretrained import lite0_state_dict_for_timm
 
     backbone = rcnn.lite0_fpn_backbone(pretrained=True, trainable_blocks=3, out_channels=32)
     weights = lite0_state_dict_for_timm()

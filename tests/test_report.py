@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from cvhelpers.report import MODEL_COLUMNS, model_table, model_table_markdown, read_course_results
-from cvhelpers.results import Recorder
+from cvhelpers.course.report import (MODEL_COLUMNS, model_table, model_table_markdown, read_course_results)
+from cvhelpers.course.results import Recorder
 
 
 def recorder_info(tmp_path, notebook: str, models: list[dict]) -> dict:

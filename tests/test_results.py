@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from cvhelpers.results import Recorder, Target, read_metrics, write_json_atomic
+from cvhelpers.course.results import Recorder, Target, read_metrics
+from cvhelpers.files import write_json_atomic
 
 
 @pytest.mark.parametrize("text, value, expected", [

@@ -7,7 +7,7 @@ import sys
 import nbformat
 import pytest
 
-from cvhelpers.runner import find_notebooks, render_markdown
+from cvhelpers.course.runner import find_notebooks, render_markdown
 
 PARAMETERS = 'PROFILE = "full"\nRESULTS_FILE = None\nDATA_DIR = "."\nOUTPUT_DIR = "."'
 
@@ -16,7 +16,7 @@ def write_notebook(path, body):
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell(PARAMETERS, metadata={"tags": ["parameters"]})
     nb.cells = [params, nbformat.v4.new_code_cell(
-        "from cvhelpers.results import Recorder\n"
+        "from cvhelpers.course.results import Recorder\n"
         f"rec = Recorder(RESULTS_FILE, notebook={path.stem!r}, profile=PROFILE)"),
         nbformat.v4.new_code_cell(body)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -34,7 +34,7 @@ def run(tmp_path_factory):
     write_notebook(nbs / "02_misses.ipynb", 'rec.record("acc", 0.4, target=">= 0.9", smoke_target=">= 0.5")')
     out = root / "build"
     proc = subprocess.run(
-        [sys.executable, "-m", "cvhelpers.runner", "--profile", "smoke", "--notebooks-dir", str(nbs),
+        [sys.executable, "-m", "cvhelpers.course.runner", "--profile", "smoke", "--notebooks-dir", str(nbs),
          "--out", str(out), "--data-dir", str(root)],
         capture_output=True, text=True, timeout=300,
     )
@@ -80,7 +80,7 @@ def test_find_notebooks_by_prefix(run):
 
 
 def test_summary_reprints_the_closing_line(run, capsys):
-    from cvhelpers.runner import main
+    from cvhelpers.course.runner import main
 
     _, out, _ = run
     assert main(["--summary", str(out / "results.json")]) == 1

@@ -8,15 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvhelpers.data.scenes import (
-    CLASS_NAMES,
-    Scene,
-    generate_scenes,
-    load_scenes,
-    make_scenes_dataset,
-    masks_to_boxes,
-    photo_library,
-)
+from cvhelpers.data.scenes import (CLASS_NAMES, Scene, generate_scenes, load_scenes, make_scenes_dataset, masks_to_boxes, photo_library)
 from cvhelpers.data.validate import DatasetError
 
 SMALL = {"n_train": 5, "n_val": 3, "n_test": 2}

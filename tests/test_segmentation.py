@@ -10,11 +10,13 @@ from torchmetrics.functional.classification import multiclass_f1_score, multicla
 
 from cvhelpers.data.coco import read_coco
 from cvhelpers.data.validate import DatasetError
-from cvhelpers.segmentation import (SegmentationDataset, check_class_mask, dice_from_confusion,
-                                    error_overlay, iou_from_confusion, load_segmentation_folder,
-                                    per_image_miou, predict_masks, segmentation_scores, smp_model,
-                                    train_for, worst_images)
-from cvhelpers.unet import UNet
+from cvhelpers.segmentation.data import (SegmentationDataset, check_class_mask, load_segmentation_folder)
+from cvhelpers.segmentation.metrics import (dice_from_confusion, iou_from_confusion, per_image_miou, segmentation_scores)
+from cvhelpers.viz import error_overlay
+from cvhelpers.segmentation.steps import predict_masks
+from cvhelpers.segmentation.models import smp_model
+from cvhelpers.segmentation import train_for, worst_images
+from cvhelpers.segmentation.unet import UNet
 
 
 def _random_masks(seed: int, n: int = 4, c: int = 5, size: int = 24):
@@ -112,7 +114,7 @@ def test_polygon_with_two_points_names_the_file(tmp_path):
 
 
 def test_smp_models_get_all_lite0_weights():
-    from cvhelpers.pretrained import lite0_state_dict_for_timm
+    from cvhelpers.models.pretrained import lite0_state_dict_for_timm
 
     model = smp_model("unet", num_classes=5)
     stem = lite0_state_dict_for_timm()["conv_stem.weight"]

@@ -16,8 +16,8 @@ import nbformat
 import pytest
 from PIL import Image
 
-from cvhelpers.site import build_site, course_index, teaching_plans
-from cvhelpers.workshop import read_lesson
+from cvhelpers.course.site import build_site, course_index, teaching_plans
+from cvhelpers.course.workshop import read_lesson
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "build" / "smoke"

@@ -7,13 +7,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from cvhelpers.checkpoint import load_checkpoint
-from cvhelpers.models import SmallCNN
-from cvhelpers.speed import (
-    PeakMemory, SpeedMode, SyntheticLoader, bare_training_loop, cpu_ladder, gpu_ladder,
-    measure_ladder, measure_loader_speed, speed_table, synthetic_batch,
-)
-from cvhelpers.train import NonFiniteLossError, fit, make_loader, seed_everything, tf32_mode
+from cvhelpers.train.checkpoint import load_checkpoint
+from cvhelpers.models.cnn import SmallCNN
+from cvhelpers.train.speed import (PeakMemory, SpeedMode, SyntheticLoader, bare_training_loop, cpu_ladder, gpu_ladder, measure_ladder, measure_loader_speed, speed_table, synthetic_batch)
+from cvhelpers.train.loop import NonFiniteLossError
+from cvhelpers.train.engine import fit, tf32_mode
+from cvhelpers.data.loading import make_loader
+from cvhelpers.env import seed_everything
 
 
 def tiny_images(n: int = 32, seed: int = 0) -> TensorDataset:

@@ -14,19 +14,13 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from cvhelpers.checkpoint import load_checkpoint
-from cvhelpers.models import SmallCNN
-from cvhelpers.train import (
-    EarlyStopping,
-    History,
-    NonFiniteLossError,
-    evaluate,
-    fit,
-    last_checkpoint_path,
-    make_loader,
-    predict,
-    seed_everything,
-)
+from cvhelpers.train.checkpoint import load_checkpoint
+from cvhelpers.models.cnn import SmallCNN
+from cvhelpers.train.engine import EarlyStopping, History, fit, last_checkpoint_path
+from cvhelpers.train.loop import NonFiniteLossError
+from cvhelpers.train.evaluate import evaluate, predict
+from cvhelpers.data.loading import make_loader
+from cvhelpers.env import seed_everything
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -210,7 +204,7 @@ import torch
 torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[4])
 from tests.test_train import run_tiny_cnn
-from cvhelpers.train import last_checkpoint_path
+from cvhelpers.train.engine import last_checkpoint_path
 out, sleep, resume = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3] == "resume"
 ckpt = out / "best.pt"
 model, _ = run_tiny_cnn(ckpt, epochs=6, total_epochs=6,

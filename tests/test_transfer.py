@@ -3,9 +3,11 @@ import pytest
 import torch
 from torch import nn
 
-from cvhelpers.pretrained import LITE0_MEAN, LITE0_STD, efficientnet_lite0, layer_groups
-from cvhelpers.train import make_loader, predict
-from cvhelpers.transfer import grey_to_rgb_tensor, gradual_unfreezing, hflip_tta_probs
+from cvhelpers.models.pretrained import LITE0_MEAN, LITE0_STD, efficientnet_lite0
+from cvhelpers.models.freezing import layer_groups
+from cvhelpers.data.loading import make_loader
+from cvhelpers.train.evaluate import predict
+from cvhelpers.classification.transfer import (grey_to_rgb_tensor, gradual_unfreezing, hflip_tta_probs)
 
 
 def test_grey_to_rgb_tensor_shapes_and_normalisation():

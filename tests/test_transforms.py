@@ -10,10 +10,8 @@ import torch
 from torchvision.ops import masks_to_boxes
 
 from cvhelpers.data.scenes import generate_scenes
-from cvhelpers.transforms import (
-    BACKENDS, TASKS, AugmentedDataset, CoarseDropout, RandomMotionBlur, albu, denormalize,
-    eval_preset, preset_settings, recommended_preset, train_preset,
-)
+from cvhelpers.augment.presets import (BACKENDS, TASKS, AugmentedDataset, denormalize, eval_preset, preset_settings, recommended_preset, train_preset)
+from cvhelpers.augment.ops import CoarseDropout, RandomMotionBlur, albu
 
 PRESETS = [(task, backend) for task in TASKS for backend in BACKENDS]
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from cvhelpers.unet import UNet
+from cvhelpers.segmentation.unet import UNet
 
 
 def test_output_shape_and_parameter_count():

@@ -8,17 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from cvhelpers.data.validate import (
-    ALPHA_BACKGROUND,
-    DatasetError,
-    check_boxes,
-    check_class_ids,
-    check_mask,
-    check_polygon,
-    load_image,
-    load_label_mask,
-    pair_images_and_labels,
-)
+from cvhelpers.data.validate import (ALPHA_BACKGROUND, DatasetError, check_boxes, check_class_ids, check_mask, check_polygon, load_image, load_label_mask, pair_images_and_labels)
 
 
 @pytest.fixture

@@ -6,9 +6,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cvhelpers.workshop import (BEGIN_SOLUTION, STUDENT_STUB, check_exercise, find_recipes,
-                                make_student_notebook, plan_day, read_lesson, strip_solution,
-                                teaching_minutes, write_student_copies)
+from cvhelpers.course.workshop import BEGIN_SOLUTION
+from cvhelpers.course.workshop import (STUDENT_STUB, check_exercise, find_recipes, make_student_notebook, plan_day, read_lesson, strip_solution, teaching_minutes, write_student_copies)
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ADOPTED = ["00_setup_and_data", "01_cnn_from_scratch"]  # notebooks that follow the convention
@@ -42,7 +41,7 @@ def _tiny_notebook() -> nbformat.NotebookNode:
         v4.new_code_cell(f"y = None  # your answer\n{BEGIN_SOLUTION}\ny = x ** 2\n# END SOLUTION",
                          metadata={"tags": ["solution"]}),
         v4.new_markdown_cell("Because 2 * 2 = 4.", metadata={"tags": ["solution"]}),
-        v4.new_code_cell("from cvhelpers.workshop import check_exercise\nok = check_exercise('square', y, lambda a: a == 4)"),
+        v4.new_code_cell("from cvhelpers.course.workshop import check_exercise\nok = check_exercise('square', y, lambda a: a == 4)"),
         v4.new_markdown_cell("## Key points\n- one\n- two"),
     ])
     nb.cells[1].outputs = [nbformat.v4.new_output("stream", text="old output")]

@@ -1,4 +1,4 @@
-"""cvhelpers.yolo_train: dataset checks before training, offline training inside ``project``,
+"""cvhelpers.detection.yolo: dataset checks before training, offline training inside ``project``,
 predictions in the evaluator's format (boxes and masks), ONNX export."""
 
 from __future__ import annotations
@@ -14,13 +14,7 @@ import torch
 
 from cvhelpers.data.scenes import CLASS_NAMES, generate_scenes
 from cvhelpers.data.validate import DatasetError
-from cvhelpers.yolo_train import (
-    _result_to_dict,
-    check_yolo_dataset,
-    prepare_yolo_dataset,
-    read_results_csv,
-    train_yolo,
-)
+from cvhelpers.detection.yolo import (_result_to_dict, check_yolo_dataset, prepare_yolo_dataset, read_results_csv, train_yolo)
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*__array__ implementation:DeprecationWarning")
 
@@ -122,9 +116,9 @@ def test_missing_pt_is_refused_offline(ultralytics_home, splits, tmp_path):
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # ultralytics' ONNX export traces
 @pytest.mark.parametrize("task", ["detect", "segment"])
 def test_train_predict_export_inside_project(ultralytics_home, splits, tmp_path, monkeypatch, task):
-    from cvhelpers.coco_eval import evaluate_coco
-    from cvhelpers.export import export_yolo_onnx
-    from cvhelpers.yolo_train import MODEL_YAML, predict_yolo, yolo_parameters
+    from cvhelpers.detection.coco_eval import evaluate_coco
+    from cvhelpers.deploy.export import export_yolo_onnx
+    from cvhelpers.detection.yolo import MODEL_YAML, predict_yolo, yolo_parameters
 
     work = tmp_path / "cwd"
     work.mkdir()

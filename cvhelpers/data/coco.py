@@ -26,16 +26,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
-from cvhelpers.data.validate import (
-    DatasetError,
-    PathLike,
-    check_boxes,
-    check_mask,
-    check_polygon,
-    load_image,
-)
+from cvhelpers.data.validate import (DatasetError, PathLike, check_boxes, check_mask, check_polygon, load_image)
 
 
 @dataclass
@@ -127,6 +119,8 @@ def _field(sample: AnnotatedImage | Mapping[str, Any], name: str) -> Any:
 
 
 def _sample_annotations(sample: Any, image_id: int, first_id: int) -> list[dict[str, Any]]:
+    from pycocotools import mask as mask_utils  # optional: the detection extra
+
     boxes = np.asarray(_field(sample, "boxes"), dtype=np.float32).reshape(-1, 4)
     labels = np.asarray(_field(sample, "labels"), dtype=np.int64).reshape(-1)
     masks = _field(sample, "masks")
@@ -293,6 +287,8 @@ def _read_image_entry(
 
 def _decode_segmentation(segmentation: Any, height: int, width: int, source: str) -> np.ndarray:
     """Polygons, uncompressed RLE or compressed RLE -> ``bool`` ``H x W``."""
+    from pycocotools import mask as mask_utils  # optional: the detection extra
+
     if isinstance(segmentation, list):  # polygons: [[x1, y1, x2, y2, ...], ...]
         polygons = [check_polygon(p, f"{source} polygon {i}").reshape(-1).tolist()
                     for i, p in enumerate(segmentation)]
@@ -315,6 +311,8 @@ def _decode_segmentation(segmentation: Any, height: int, width: int, source: str
 
 def decode_rle(rle: dict[str, Any]) -> np.ndarray:
     """One pycocotools RLE (``{"size": [H, W], "counts": bytes}``) -> ``bool`` ``H x W``."""
+    from pycocotools import mask as mask_utils  # optional: the detection extra
+
     with warnings.catch_warnings():
         # pycocotools 2.0.11 under numpy 2 warns about its own __array__ on every decode.
         warnings.filterwarnings("ignore", message=".*__array__ implementation", category=DeprecationWarning)

@@ -26,18 +26,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from cvhelpers.data.coco import AnnotatedImage, decode_rle
-from cvhelpers.data.validate import (
-    DatasetError,
-    PathLike,
-    check_boxes,
-    check_class_ids,
-    check_polygon,
-    load_image,
-    pair_images_and_labels,
-)
+from cvhelpers.data.validate import (DatasetError, PathLike, check_boxes, check_class_ids, check_polygon, load_image, pair_images_and_labels)
 
 # ultralytics' own tolerance for normalised coordinates (verify_image_label: <= 1.01, >= -0.01).
 YOLO_TOLERANCE = 0.01
@@ -240,6 +231,8 @@ def _labels_dir(images_dir: Path) -> Path:
 def _read_label_file(
     path: Path | None, num_classes: int, width: int, height: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    from pycocotools import mask as mask_utils  # optional: the detection extra
+
     boxes: list[np.ndarray] = []
     labels: list[int] = []
     polygons: list[np.ndarray] = []

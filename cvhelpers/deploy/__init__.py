@@ -1,0 +1,2 @@
+"""Deployment: exporting a trained model to other runtimes (``export``) and running, checking and
+timing the exported files (``runtime``)."""
