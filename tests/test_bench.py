@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from cvhelpers import bench
+from cvhelpers.evaluation import bench
 from cvhelpers.evaluation.bench import (LatencyResult, count_flops, count_parameters, latency_vs_batch, measure_latency)
 
 

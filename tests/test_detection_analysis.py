@@ -9,9 +9,8 @@ from cvhelpers.detection.coco_eval import evaluate_coco, evaluate_detections
 from cvhelpers.data.coco import AnnotatedImage
 from cvhelpers.data.scenes import generate_scenes
 from cvhelpers.detection.analysis import (detection_confusion_matrix, image_errors, match_class_agnostic, simulate_detections)
-from cvhelpers.detection.analysis import worst_images
 from cvhelpers.detection.metrics import Detections
-from cvhelpers.evaluation.metrics import per_class_report
+from cvhelpers.evaluation.metrics import per_class_report, worst_indices
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*__array__ implementation:DeprecationWarning")
 
@@ -82,7 +81,11 @@ def test_worst_images_orders_by_mistakes():
         [detections([], [], []), detections([[0, 0, 9, 9]], [0], [0.9]), detections([], [], [])],
         [sample([[0, 0, 10, 10]], [0]), sample([[0, 0, 10, 10]], [0]), sample([], [])], 1)
     assert [e.total for e in errors] == [1, 0, 0]
-    assert worst_images(errors, k=3).tolist() == [0]  # images without mistakes are not listed
+    totals = [e.total for e in errors]
+    assert worst_indices(totals, k=3, higher_is_better=False, skip=0).tolist() == [0]  # images without mistakes are not listed
+    more = [0, 2, 5, 2, 0, 1]  # worst first, ties keep image order, k caps the list
+    assert worst_indices(more, k=3, higher_is_better=False, skip=0).tolist() == [2, 1, 3]
+    assert worst_indices(more, k=10, higher_is_better=False, skip=0).tolist() == [2, 1, 3, 5]
 
 
 def test_simulation_is_deterministic_and_perfect_without_noise():

@@ -9,7 +9,8 @@ import torch
 import torchvision
 from torch import nn
 
-from cvhelpers import pretrained as pt
+from cvhelpers.models import freezing
+from cvhelpers.models import pretrained as pt
 from cvhelpers.data.photos import list_photos
 
 LABELLED = [p for p in list_photos() if p.imagenet_classes is not None]
@@ -181,7 +182,7 @@ def _ids(modules) -> list[int]:
 ])
 def test_layer_groups_cover_every_parameter_once(build, n_groups):
     model = build()
-    groups = pt.layer_groups(model)
+    groups = freezing.layer_groups(model)
     assert len(groups) == n_groups
     grouped = [i for g in groups for i in _ids(g)]
     assert sorted(grouped) == sorted(id(p) for p in model.parameters())
@@ -191,22 +192,22 @@ def test_layer_groups_cover_every_parameter_once(build, n_groups):
 
 def test_layer_groups_rejects_unknown_models():
     with pytest.raises(TypeError, match="not Sequential"):
-        pt.layer_groups(nn.Sequential(nn.Linear(2, 2)))
+        freezing.layer_groups(nn.Sequential(nn.Linear(2, 2)))
 
 
 def test_gradual_unfreezing_and_discriminative_lrs():
     model = pt.efficientnet_lite0(num_classes=5, pretrained=False)
-    groups = pt.layer_groups(model)
-    assert pt.unfreeze_last_groups(groups, 0) == 0
-    assert pt.unfreeze_last_groups(groups, 1) == 1280 * 5 + 5  # the new head only
-    trainable = pt.unfreeze_last_groups(groups, 3)
+    groups = freezing.layer_groups(model)
+    assert freezing.unfreeze_last_groups(groups, 0) == 0
+    assert freezing.unfreeze_last_groups(groups, 1) == 1280 * 5 + 5  # the new head only
+    trainable = freezing.unfreeze_last_groups(groups, 3)
     assert trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
-    param_groups = pt.discriminative_param_groups(groups, base_lr=1e-3, decay=0.5)
+    param_groups = freezing.discriminative_param_groups(groups, base_lr=1e-3, decay=0.5)
     assert [g["lr"] for g in param_groups] == pytest.approx([2.5e-4, 5e-4, 1e-3])
     assert all(p.requires_grad for g in param_groups for p in g["params"])
     torch.optim.AdamW(param_groups)  # accepted as is
-    assert pt.unfreeze_last_groups(groups, 99) == sum(p.numel() for p in model.parameters())
-    lrs = [g["lr"] for g in pt.discriminative_param_groups(groups, base_lr=1e-2)]
+    assert freezing.unfreeze_last_groups(groups, 99) == sum(p.numel() for p in model.parameters())
+    lrs = [g["lr"] for g in freezing.discriminative_param_groups(groups, base_lr=1e-2)]
     assert len(lrs) == 10 and all(a < b for a, b in zip(lrs, lrs[1:])) and lrs[-1] == 1e-2
 
 

@@ -14,7 +14,8 @@ import torch
 
 from cvhelpers.data.scenes import CLASS_NAMES, generate_scenes
 from cvhelpers.data.validate import DatasetError
-from cvhelpers.detection.yolo import (_result_to_dict, check_yolo_dataset, prepare_yolo_dataset, read_results_csv, train_yolo)
+from cvhelpers.detection.yolo import (_result_to_dict, check_yolo_dataset, prepare_yolo_dataset, read_results_csv, train_yolo,
+                                      yolo_device)
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*__array__ implementation:DeprecationWarning")
 
@@ -97,6 +98,13 @@ def test_result_to_dict_converts_ultralytics_results():
     empty = SimpleNamespace(xyxy=torch.zeros(0, 4), conf=torch.zeros(0), cls=torch.zeros(0))
     none = _result_to_dict(SimpleNamespace(boxes=empty, masks=None), (32, 40), segment=True)
     assert none["masks"].shape == (0, 32, 40) and none["boxes"].shape == (0, 4)
+
+
+def test_yolo_device_spells_course_devices_for_ultralytics():
+    assert [yolo_device(d) for d in ("cpu", "cuda", "cuda:1", "0", "0,1", "mps")] == ["cpu", "0", "1", "0", "0,1", "mps"]
+    assert yolo_device(torch.device("cpu")) == "cpu" and yolo_device(torch.device("cuda", 0)) == "0"
+    expected = "0" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert yolo_device("auto") == expected
 
 
 def test_read_results_csv(tmp_path):

@@ -27,7 +27,7 @@ import nbformat
 from cvhelpers.course.runner import render_markdown
 from cvhelpers.course.workshop import (Lesson, find_recipes, format_clock, plan_day, read_lesson, teaching_minutes)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SITE_SOURCES = PROJECT_ROOT / "site"
 SITE_NAME = "CV Cookbook"
 #: Room time for the plans on the teachers' page, lunch not included (minutes).

@@ -59,7 +59,8 @@ def predict_detector(model: nn.Module, images: Sequence[np.ndarray] | Iterable, 
     """
     if device is not None:
         model.to(pick_device(str(device)))
-    device = next(model.parameters()).device
+    first = next(model.parameters(), None)  # a model without parameters runs on the CPU
+    device = first.device if first is not None else torch.device("cpu")
     if isinstance(images, Sequence):
         batches: Iterable = (
             [torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255)

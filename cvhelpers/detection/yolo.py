@@ -5,13 +5,13 @@ Everything here keeps ultralytics inside one output folder (``project=``) and of
 detection (``yolov8n.yaml``) and instance segmentation (``yolov8n-seg.yaml``, ``task="segment"``).
 
 Predictions come back in the course's per-image form, the one
-:func:`cvhelpers.coco_eval.evaluate_coco` scores: a dict with ``boxes`` (``float32`` ``N x 4``
+:func:`cvhelpers.detection.coco_eval.evaluate_coco` scores: a dict with ``boxes`` (``float32`` ``N x 4``
 pixel ``xyxy``), ``scores`` (``float32`` ``N``), ``labels`` (``int64`` ``N``, 0-based) and, for a
 segmentation model, ``masks`` (``bool`` ``N x H x W`` at the input image's size).
 
 Example:
     >>> data_yaml = prepare_yolo_dataset({"train": train, "val": val}, out / "yolo", CLASS_NAMES)  # doctest: +SKIP
-    >>> run = train_yolo(data_yaml, out / "runs", epochs=30, imgsz=160)                           # doctest: +SKIP
+    >>> run = train_yolo(data_yaml, out / "runs", epochs=49, imgsz=160, device="auto")            # doctest: +SKIP
     >>> predictions = predict_yolo(run.model, [s.image for s in test])                             # doctest: +SKIP
 """
 
@@ -31,6 +31,29 @@ from cvhelpers.data.yolo import read_yolo, write_yolo
 
 #: Model files by task: built from their yaml (no weights can be downloaded offline).
 MODEL_YAML = {"detect": "yolov8n.yaml", "segment": "yolov8n-seg.yaml"}
+
+
+def yolo_device(device: Any = "cpu") -> str:
+    """The ultralytics ``device=`` string for a course device.
+
+    ``"auto"`` picks CUDA, then Apple MPS, then the CPU (:func:`cvhelpers.env.pick_device`); a
+    ``torch.device`` or a torch-style string (``"cuda"``, ``"cuda:1"``) becomes ultralytics'
+    spelling (``"0"``, ``"1"``); ultralytics' own strings (``"cpu"``, ``"0"``, ``"0,1"``,
+    ``"mps"``) pass unchanged.
+
+    >>> yolo_device("cpu"), yolo_device("cuda"), yolo_device("cuda:1"), yolo_device("0")
+    ('cpu', '0', '1', '0')
+    """
+    if str(device) == "auto":
+        from cvhelpers.env import pick_device
+
+        device = pick_device("auto")
+    text = str(device)
+    if text == "cuda":
+        return "0"
+    if text.startswith("cuda:"):
+        return text[len("cuda:"):]
+    return text
 
 
 def prepare_yolo_dataset(
@@ -104,7 +127,7 @@ def train_yolo(
     time_budget_s: float | None = None,
     name: str = "train",
     seed: int = 0,
-    device: str = "cpu",
+    device: Any = "cpu",
     workers: int = 2,
     check: bool = True,
     **overrides: Any,
@@ -117,13 +140,18 @@ def train_yolo(
         model: a model yaml (from scratch: ``"yolov8n.yaml"``, ``"yolov8n-seg.yaml"``) or the
             path of a local ``.pt``. A bare ``*.pt`` name that is not a file would make
             ultralytics try GitHub, so it is refused.
-        epochs: epochs to train (the learning-rate schedule spans them).
+        epochs: epochs to train (the learning-rate schedule and the last ``close_mosaic``
+            epochs span them): fixed work, the same run on any machine.
         imgsz: training and validation image size (the scenes are 160 px: native size).
         batch: images per step.
-        time_budget_s: if set, ultralytics' ``time=`` (hours): it re-plans the number of epochs
-            after each one so that training, schedule included, ends within the budget.
+        time_budget_s: optional; ``None`` (default) trains ``epochs``. If set, ultralytics'
+            ``time=`` (hours), which overrides ``epochs``: it re-plans the number of epochs after
+            each one so that training, schedule included, ends within the budget (a faster
+            machine then trains more).
         name: run folder name (an existing one is overwritten).
-        seed, device, workers: passed on; ``device="cpu"``, ``"0"`` for the first GPU.
+        seed, workers: passed on.
+        device: ``"cpu"``, ``"auto"``, ``"cuda"``, ``"0"`` (first GPU), a ``torch.device``...
+            (see :func:`yolo_device`); mixed precision (ultralytics' ``amp``) off on the CPU.
         check: run :func:`check_yolo_dataset` on train and val first.
         **overrides: any other ultralytics train argument (``lr0``, ``mosaic``,
             ``close_mosaic``, ``cos_lr``...).
@@ -141,6 +169,7 @@ def train_yolo(
     if check:
         check_yolo_dataset(data_yaml)
     project = Path(project).resolve()
+    device = yolo_device(device)
     yolo = YOLO(model)
     args: dict[str, Any] = dict(
         data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, device=device, workers=workers,
@@ -184,7 +213,7 @@ def predict_yolo(
     iou: float = 0.7,
     max_det: int = 100,
     batch: int = 16,
-    device: str = "cpu",
+    device: Any = "cpu",
 ) -> list[dict[str, np.ndarray]]:
     """Run a YOLO on RGB images and return the course's per-image prediction dicts.
 
@@ -198,6 +227,7 @@ def predict_yolo(
         iou: NMS IoU threshold: a box overlapping a higher-scored one of the same class by more
             is dropped.
         max_det: boxes kept per image.
+        device: as for :func:`train_yolo` (``"auto"``, ``"cpu"``, ``"0"``, a ``torch.device``).
 
     Returns:
         One dict per image: ``boxes`` ``float32`` ``N x 4`` xyxy pixels, ``scores`` ``float32``,

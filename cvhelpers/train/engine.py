@@ -392,6 +392,7 @@ def fit(
         state = checkpoint["extra"]["fit"]
         start_epoch = checkpoint["epoch"]
         history = History.from_dict(state["history"])
+        history.stop_reason = None  # the new limits decide (a run may be resumed to go further)
         stopper.load_state_dict(state["early_stopping"])
         loop.steps, loop.seconds_before = int(state["steps"]), float(state["seconds"])
         loop.base_lrs = list(state["base_lrs"])
