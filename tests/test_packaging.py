@@ -5,6 +5,7 @@ imports, and ``pip wheel .`` builds a package that works away from the repositor
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -107,9 +108,15 @@ def test_extras_name_every_library_the_package_imports():
 
 @pytest.mark.slow
 def test_pip_wheel_builds_a_package_that_imports_outside_the_repository(tmp_path):
+    # setuptools builds in the source folder (build/, *.egg-info): build a copy of what a
+    # source distribution holds, so the checkout stays clean
+    source = tmp_path / "src"
+    shutil.copytree(PACKAGE, source / "cvhelpers", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path / "dist"), str(ROOT)], capture_output=True, text=True, timeout=300)
+         "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     wheel = next((tmp_path / "dist").glob("cvhelpers-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
