@@ -51,10 +51,10 @@ def train_smallcnn(data_dir: str, epochs: float, seed: int = 0):
     import torch
 
     from cvhelpers.data.fashion_mnist import load_fashion_mnist, to_tensor_dataset
+    from cvhelpers.data.loading import make_loader
+    from cvhelpers.env import seed_everything
     from cvhelpers.models.cnn import SmallCNN
     from cvhelpers.train.engine import fit
-    from cvhelpers.data.loading import make_loader
-from cvhelpers.env import seed_everything
 
     images, labels = load_fashion_mnist(data_dir, "train")
     n = len(images) if epochs >= 1 else int(len(images) * epochs)

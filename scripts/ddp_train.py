@@ -27,11 +27,11 @@ import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.utils.data import Subset, TensorDataset
 
-from cvhelpers.train.distributed import (cleanup_distributed, get_world_size, init_distributed, is_ddp, make_distributed_loader, unwrap_model, wrap_model)
-from cvhelpers.env import setup, usable_cores
+from cvhelpers.env import seed_everything, setup, usable_cores
 from cvhelpers.models.cnn import SmallCNN
+from cvhelpers.train.distributed import (cleanup_distributed, get_world_size, init_distributed, is_ddp,
+                                         make_distributed_loader, unwrap_model, wrap_model)
 from cvhelpers.train.engine import fit
-from cvhelpers.env import seed_everything
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -140,6 +140,18 @@ def test_without_torchrun_everything_is_one_process(monkeypatch):
         model(torch.zeros(1, 2)).sum().backward()
 
 
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    """Process LOCAL_RANK uses GPU LOCAL_RANK: on a 1-GPU machine the second process must say
+    so (before touching CUDA or the process group), not die in set_device."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: pytest.fail("set_device was called"))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="needs GPU 1.*device='cpu'"):
+        init_distributed()
+
+
 def test_unwrap_model_removes_compile_and_dataparallel_wrappers():
     inner = nn.Linear(3, 2)
 

@@ -25,7 +25,7 @@ from PIL import Image
 from cvhelpers.data.fashion_mnist import (CLASS_NAMES, MEAN, STD, load_fashion_mnist, to_tensor_dataset)
 from cvhelpers.data.scenes import generate_scenes
 from cvhelpers.deploy.runtime import (compare_with_pytorch, ort_session, run_session, session_accuracy)
-from cvhelpers.deploy.export import (ExportMetadata, export_coreml, export_onnx, export_tflite, export_torchscript, op_counts, quantize_int8, read_metadata)
+from cvhelpers.deploy.export import (ExportMetadata, cpu_has_vnni, export_coreml, export_onnx, export_tflite, export_torchscript, op_counts, quantize_int8, read_metadata)
 from cvhelpers.models.cnn import SmallCNN
 from cvhelpers.train.engine import fit
 from cvhelpers.data.loading import make_loader
@@ -175,6 +175,30 @@ def test_int8_static_quantisation(trained, fmnist, tmp_path):
     x, y = fmnist["test"].tensors
     fp32_accuracy = session_accuracy(ort_session(fp32_path), x, y)
     assert fp32_accuracy - session_accuracy(session, x, y) <= 0.02  # 1,000 images: ±1 point noise
+
+
+def test_cpu_has_vnni_reads_the_cpu_flags(tmp_path, monkeypatch):
+    import platform
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    for flags, expected in (("fpu avx2 avx512f avx512_vnni", True), ("fpu avx2 avx_vnni", True),
+                            ("fpu sse4_2 avx2 fma", False)):
+        (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert cpu_has_vnni(tmp_path / "cpuinfo") is expected
+    assert cpu_has_vnni(tmp_path / "missing") is None
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert cpu_has_vnni(tmp_path / "cpuinfo") is None  # ARM: no AVX2 saturation to avoid
+
+
+def test_reduce_range_is_recorded_and_chosen_by_the_cpu(trained, fmnist, tmp_path):
+    _, fp32_path = trained
+    calibration = fmnist["train"].tensors[0][-100:].numpy()
+    seven = quantize_int8(fp32_path, tmp_path / "rr.onnx", calibration, reduce_range=True)
+    eight = quantize_int8(fp32_path, tmp_path / "full.onnx", calibration, reduce_range=False)
+    assert "7-bit" in read_metadata(seven)["quantization"]
+    assert "7-bit" not in read_metadata(eight)["quantization"]
+    auto = quantize_int8(fp32_path, tmp_path / "auto.onnx", calibration)
+    assert ("7-bit" in read_metadata(auto)["quantization"]) == (cpu_has_vnni() is False)
 
 
 def test_torchscript_legacy_paths_match(trained, fmnist, tmp_path):

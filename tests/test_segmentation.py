@@ -13,10 +13,13 @@ from cvhelpers.data.validate import DatasetError
 from cvhelpers.segmentation.data import (SegmentationDataset, check_class_mask, load_segmentation_folder)
 from cvhelpers.segmentation.metrics import (dice_from_confusion, iou_from_confusion, per_image_miou, segmentation_scores)
 from cvhelpers.viz import error_overlay
-from cvhelpers.segmentation.steps import predict_masks
+from cvhelpers.data.loading import make_loader
+from cvhelpers.evaluation.metrics import worst_indices
+from cvhelpers.segmentation.steps import SegmentationValidator, predict_masks
 from cvhelpers.segmentation.models import smp_model
-from cvhelpers.segmentation import train_for, worst_images
 from cvhelpers.segmentation.unet import UNet
+from cvhelpers.train.engine import fit
+from cvhelpers.train.schedules import warmup_cosine
 
 
 def _random_masks(seed: int, n: int = 4, c: int = 5, size: int = 24):
@@ -56,7 +59,7 @@ def test_worst_images_and_error_overlay():
     pred[1] = 0                 # image 1: object missed entirely
     pred[2, 2:4, 2:6] = 2       # image 2: half of it with the wrong class
     assert per_image_miou(pred, target, 3).tolist() == pytest.approx([1.0, 0.0, 0.25])
-    assert worst_images(pred, target, 3, k=2).tolist() == [1, 2]
+    assert worst_indices(per_image_miou(pred, target, 3), k=2).tolist() == [1, 2]
     image = np.full((8, 8, 3), 100, np.uint8)
     shown = error_overlay(image, pred[2], target[2])
     assert (shown[0, 0] == 100).all() and shown[2, 2, 0] > 180 and shown[2, 2, 2] < 100
@@ -131,34 +134,57 @@ def _tiny_task():
     images = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(8)]
     masks = [(im[..., 0] > 127).astype(np.uint8) for im in images]
     ds = SegmentationDataset(images, masks, mean=(0.5,) * 3, std=(0.5,) * 3)
-    return ds, masks, torch.utils.data.DataLoader(ds, batch_size=4, shuffle=True)
+    return ds, masks, make_loader(ds, batch_size=4, shuffle=True, seed=0)
 
 
-def test_train_for_respects_the_clock():
+def test_fit_with_a_fixed_number_of_steps_brings_the_lr_down():
+    """The lessons' segmentation set-up: fixed steps, warm-up + cosine over the run's progress."""
     torch.manual_seed(0)
     ds, _, loader = _tiny_task()
     model = UNet(3, 2, width=4, depth=2)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    train_for(model, loader, loss_fn, seconds=0.2, print_every_s=0)  # first steps pay one-time setup costs
-    log = train_for(model, loader, loss_fn, seconds=1.5, lr=1e-2, print_every_s=0)
-    assert 1.5 <= log.seconds < 4.0 and log.steps >= 3
-    assert log.lr[-1] < max(log.lr) and not model.training  # the clock brought the lr down
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-4)
+    history = fit(model, loader, None, optimizer=opt, max_steps=5, monitor="train_loss", restore_best=False,
+                  lr_schedule=warmup_cosine(0.05), device="cpu", progress=False)
+    assert history.total_steps == 5 and history.stop_reason == "max_steps" and len(history.step_loss) == 5
+    assert history.epoch == [1, 2, 3] and history.steps == [2, 4, 5]  # 2 batches an epoch; the last one cut short
+    assert history.lr[-1] < max(history.lr) and history.lr[-1] < 1e-2 * 0.2  # the schedule brought the lr down
+    assert history.seconds > 0
 
 
-def test_time_schedule_warms_up_then_decays_to_zero():
-    from cvhelpers.segmentation import _time_schedule
+def test_fit_respects_a_time_budget():
+    torch.manual_seed(0)
+    _, _, loader = _tiny_task()
+    model = UNet(3, 2, width=4, depth=2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    kw = dict(optimizer=opt, monitor="train_loss", lr_schedule=warmup_cosine(0.1), device="cpu", progress=False)
+    fit(model, loader, None, max_steps=1, **kw)  # first steps pay one-time setup costs
+    history = fit(model, loader, None, time_budget_s=1.5, **kw)
+    assert 1.5 <= history.seconds < 4.0 and history.total_steps >= 3 and history.stop_reason == "time_budget"
+    assert history.lr[-1] < max(history.lr)  # the clock brought the lr down
 
-    assert _time_schedule(0.0, 0.1) == 0.05 and _time_schedule(0.05, 0.1) == pytest.approx(0.5)
-    assert _time_schedule(0.1, 0.1) == pytest.approx(1.0) and _time_schedule(1.0, 0.1) == pytest.approx(0.0)
-    assert _time_schedule(0.55, 0.1) == pytest.approx(0.5)
+
+def test_warmup_cosine_warms_up_then_decays_to_zero():
+    schedule = warmup_cosine(0.1)
+    assert schedule(0.0) == 0.05 and schedule(0.05) == pytest.approx(0.5)
+    assert schedule(0.1) == pytest.approx(1.0) and schedule(1.0) == pytest.approx(0.0)
+    assert schedule(0.55) == pytest.approx(0.5)
 
 
-def test_train_for_learns_and_stops_after_max_epochs():
+def test_fit_learns_and_the_validator_scores_miou():
     torch.manual_seed(0)
     ds, masks, loader = _tiny_task()
     model = UNet(3, 2, width=4, depth=2)
-    log = train_for(model, loader, torch.nn.CrossEntropyLoss(), seconds=60, lr=1e-2, warmup=0.0,
-                    max_epochs=40, print_every_s=0)  # epochs end it long before the clock: lr stays ~1e-2
-    assert log.epochs == 40 and log.steps == 80
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-4)
+    val_loader = make_loader(ds, batch_size=4, shuffle=False)
+    history = fit(model, loader, val_loader, optimizer=opt, epochs=40, validator=SegmentationValidator(2),
+                  monitor="val_miou", restore_best=False, device="cpu", progress=False)  # constant lr 1e-2
+    assert len(history.epoch) == 40 and history.total_steps == 80 and history.stop_reason == "epochs"
+    assert set(history.val_metrics) == {"miou", "mdice", "pixel_accuracy"} and history.monitor == "val_miou"
+    assert history.best_epoch == int(np.argmax(history.val_metrics["miou"])) + 1
     pred = predict_masks(model, ds)
-    assert pred.shape == (8, 16, 16) and segmentation_scores(pred, np.stack(masks), 2).miou > 0.8
+    assert pred.shape == (8, 16, 16) and pred.dtype == np.uint8
+    final = segmentation_scores(pred, np.stack(masks), 2)
+    assert final.miou > 0.8
+    assert history.val_metrics["miou"][-1] == pytest.approx(final.miou, abs=1e-9)
+    assert history.val_metrics["mdice"][-1] == pytest.approx(final.mdice, abs=1e-9)
+    assert model.training  # fit leaves the model in train mode; predict_masks restored it

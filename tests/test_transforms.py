@@ -181,3 +181,37 @@ def test_coarse_dropout_leaves_boxes_enclosing_their_masks(scenes, backend):
         out = preset(scene.image, boxes=scene.boxes, labels=scene.labels, masks=scene.masks)
         torch.testing.assert_close(out["boxes"], torch.as_tensor(scene.boxes))
         assert torch.equal(out["masks"], torch.as_tensor(scene.masks))
+
+
+def test_albumentations_presets_repeat_with_the_seed_and_differ_between_workers():
+    """albumentations seeds itself from OS entropy unless told; the course's presets take their
+    seed from torch's generator, so a run repeats and DataLoader workers draw their own streams."""
+    from torch.utils.data import DataLoader
+
+    from cvhelpers.env import seed_everything
+
+    image = np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)
+
+    class Images(torch.utils.data.Dataset):
+        def __init__(self, preset):
+            self.preset = preset
+
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return self.preset(image)["image"]
+
+    def run(num_workers):
+        seed_everything(0)
+        loader = DataLoader(Images(train_preset("classification", "albumentations", size=48)),
+                            batch_size=1, num_workers=num_workers,
+                            generator=torch.Generator().manual_seed(0))
+        return [batch[0] for batch in loader]
+
+    first, again = run(0), run(0)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], first[1])
+    workers = run(2)
+    assert all(torch.equal(a, b) for a, b in zip(workers, run(2)))
+    assert not torch.equal(workers[0], workers[1])  # worker 0 and worker 1 took items 0 and 1

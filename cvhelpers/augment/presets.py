@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -217,6 +217,7 @@ class Preset:
     backend: str
     pipeline: Any
     settings: AugmentSettings | None = None
+    _seeded_for: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray | None = None,
                  labels: np.ndarray | None = None, masks: np.ndarray | None = None,
@@ -266,6 +267,13 @@ class Preset:
         return result
 
     def _albumentations(self, image, boxes, labels, masks, mask) -> dict[str, torch.Tensor]:
+        # albumentations keeps its own generators, seeded from OS entropy unless told: then no
+        # two runs augment alike. Seed them from torch's generator whenever torch's seed is new:
+        # once after seed_everything in the main process, and in every DataLoader worker each
+        # epoch (torch reseeds workers per worker and epoch), so runs repeat and workers differ.
+        if self._seeded_for != torch.initial_seed():
+            self._seeded_for = torch.initial_seed()
+            self.pipeline.set_random_seed(int(torch.randint(2**31, ())))
         n = 0 if boxes is None else len(boxes)
         data: dict[str, Any] = {
             "image": image,

@@ -179,7 +179,7 @@ def evaluate_detections(
 
     Returns:
         A :class:`DetectionEvaluation`; ``.summary(class_names)`` gives ``map50_95``,
-        ``map50``, ... with the same keys as :func:`cvhelpers.coco_eval.evaluate_coco`.
+        ``map50``, ... with the same keys as :func:`cvhelpers.detection.coco_eval.evaluate_coco`.
 
     Example:
         >>> result = evaluate_detections(predictions, test_scenes)      # doctest: +SKIP

@@ -10,13 +10,13 @@ The steps, each a small function a learner can read:
    and count true and false positives as the score threshold falls.
 4. :func:`average_precision`: make precision non-increasing (:func:`precision_envelope`), read
    it at 101 recall levels 0, 0.01, ..., 1 and average.
-5. :func:`cvhelpers.coco_eval.evaluate_detections`: repeat for every class, 10 IoU thresholds
+5. :func:`cvhelpers.detection.coco_eval.evaluate_detections`: repeat for every class, 10 IoU thresholds
    0.50:0.05:0.95, the area ranges small / medium / large and 1, 10, 100 predictions per image.
    COCO's mAP@[.5:.95] is the mean over classes and thresholds; mAP@0.5 uses the first one.
 
 The steps follow pycocotools' ``COCOeval`` rule for rule (crowd regions, objects ignored outside
 an area range, ties), so the numbers agree with it (``tests/test_coco_eval.py`` checks that);
-:func:`cvhelpers.coco_eval.evaluate_coco` runs pycocotools itself on the same inputs.
+:func:`cvhelpers.detection.coco_eval.evaluate_coco` runs pycocotools itself on the same inputs.
 
 Formats (see ``docs/DESIGN.md``): boxes are pixel ``xyxy`` (``x2, y2`` exclusive edges), class
 ids 0-based. Ground truth is a list of :class:`cvhelpers.data.coco.AnnotatedImage` (or dicts with

@@ -4,7 +4,8 @@ ImageNet weights (timm feature extractor + FPN), sized for a CPU (input 320,
 
 >>> model = faster_rcnn_lite0(num_classes=4)                                   # doctest: +SKIP
 >>> history = fit(model, train_loader, val_loader, optimizer=opt, max_steps=475,
-...               step_fn=detection_step, validator=DetectionValidator(CLASS_NAMES))  # doctest: +SKIP
+...               step_fn=detection_step, validator=DetectionValidator(num_classes=4),
+...               monitor="val_map50")  # doctest: +SKIP
 
 Training goes through the engine (:func:`cvhelpers.train.engine.fit` with
 :func:`cvhelpers.detection.steps.detection_step`); prediction and the mAP validator are in
@@ -31,7 +32,7 @@ LITE0_STRIDES = (8, 16, 32)
 LITE0_CHANNELS = (40, 112, 320)
 #: Default anchors for scenes (objects 16-64 px, nearly square boxes) shown to the model at
 #: 320 px: two sizes per FPN level, one aspect ratio (height / width), as notebook 05 derives
-#: them from the training boxes with :func:`cvhelpers.detection.suggest_anchors`.
+#: them from the training boxes with :func:`cvhelpers.detection.anchors.suggest_anchors`.
 DEFAULT_ANCHOR_SIZES = ((39, 56), (71, 86), (102, 122))
 DEFAULT_ASPECT_RATIOS = (1.0,)
 

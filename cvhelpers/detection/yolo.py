@@ -238,7 +238,7 @@ def predict_yolo(
     for start in range(0, len(images), batch):
         chunk = [np.ascontiguousarray(image[..., ::-1]) for image in images[start:start + batch]]
         results = model.predict(chunk, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det,
-                                device=device, verbose=False, retina_masks=True)
+                                device=yolo_device(device), verbose=False, retina_masks=True)
         for image, result in zip(chunk, results):
             outputs.append(_result_to_dict(result, image.shape[:2], segment))
     return outputs

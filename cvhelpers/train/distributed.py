@@ -90,9 +90,18 @@ def init_distributed(backend: str | None = None, device: str = "auto") -> DistIn
     Returns:
         A :class:`DistInfo`. Without torchrun's ``WORLD_SIZE`` variable nothing is initialised
         and the result says rank 0 of 1.
+
+    Raises:
+        RuntimeError: on GPUs, more processes on this machine than it has GPUs (process
+            ``LOCAL_RANK`` needs GPU number ``LOCAL_RANK``); start fewer or pass ``device="cpu"``.
     """
     use_cuda = torch.cuda.is_available() and device != "cpu"
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if use_cuda and local_rank >= torch.cuda.device_count():
+        raise RuntimeError(
+            f"process LOCAL_RANK={local_rank} needs GPU {local_rank}, but this machine shows "
+            f"{torch.cuda.device_count()}: start at most that many processes per machine "
+            "(--nproc_per_node), or train on CPU processes with device='cpu'")
     if use_cuda:
         # Before the process group: NCCL binds each process to "the current" GPU.
         torch.cuda.set_device(local_rank)
