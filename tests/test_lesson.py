@@ -100,7 +100,8 @@ def test_setup_is_the_parameters_cell_plus_one_line(path):
     assert not re.search(r"^\s*(import|from) ", params, re.M), "no imports in the parameters cell"
     assert "[PROFILE]" not in params and not re.search(r"\bor \(", params)
     assert re.search(r'^DEVICE = "auto"', params, re.M), 'DEVICE = "auto" (CUDA, MPS, CPU)'
-    lines = [line for line in source(code[1]).splitlines() if line.strip()]
+    lines = [re.sub(r"\s+#.*$", "", line) for line in source(code[1]).splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
     assert lines == ["from cvhelpers.course.lesson import start_lesson",
                      f'lesson = start_lesson("{path.stem}", globals())'], "\n".join(lines)
 

@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from cvhelpers.env import synchronize
 from cvhelpers.models.freezing import eval_mode
+from cvhelpers.train.steps import move_to_device
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -104,14 +106,6 @@ def _batch_size(example_input: Any) -> int:
     return 1
 
 
-def _to_device(example_input: Any, device: torch.device) -> Any:
-    if isinstance(example_input, torch.Tensor):
-        return example_input.to(device)
-    if isinstance(example_input, (tuple, list)):
-        return type(example_input)(_to_device(x, device) for x in example_input)
-    return example_input
-
-
 def _input_device(example_input: Any) -> torch.device:
     while isinstance(example_input, (tuple, list)) and example_input:
         example_input = example_input[0]
@@ -127,12 +121,6 @@ def _torch_threads(num_threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _sync(device: torch.device) -> None:
-    # CUDA kernels run asynchronously: without a sync we would time the launch, not the work.
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure_latency(
@@ -169,7 +157,7 @@ def measure_latency(
         device = _device_of(fn_or_model)
     else:
         device = _input_device(example_input)
-    inputs = _to_device(example_input, device)
+    inputs = move_to_device(example_input, device)
     args = inputs if isinstance(inputs, tuple) else (inputs,)
     samples = []
     with _torch_threads(num_threads), _eval_mode(fn_or_model), torch.inference_mode():
@@ -177,10 +165,10 @@ def measure_latency(
         for _ in range(warmup):
             fn_or_model(*args)
         for _ in range(iters):
-            _sync(device)
+            synchronize(device)  # time the work, not the launch of GPU kernels
             start = time.perf_counter()
             fn_or_model(*args)
-            _sync(device)
+            synchronize(device)  # time the work, not the launch of GPU kernels
             samples.append((time.perf_counter() - start) * 1000.0)
     return _summarise(samples, str(device), _batch_size(example_input), threads, warmup)
 
