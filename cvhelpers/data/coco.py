@@ -17,9 +17,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cvhelpers.data.validate import (DatasetError, PathLike, check_boxes, check_mask, check_polygon, load_image)
+from cvhelpers.data.validate import (BOX_TOLERANCE_PX, DatasetError, PathLike, check_boxes, check_mask,
+                                     check_polygon, load_image)
 
 
 @dataclass
@@ -175,14 +178,31 @@ def read_coco(
     json_path = Path(json_path)
     images_dir = json_path.parent if images_dir is None else Path(images_dir)
     coco = _load_json(json_path)
-    class_of_category, names = _category_mapping(coco["categories"], class_names, json_path)
+    with _named_errors(f"{json_path}: categories"):
+        class_of_category, names = _category_mapping(coco["categories"], class_names, json_path)
     annotations_by_image = _group_annotations(coco, class_of_category, json_path)
-    samples = [
-        _read_image_entry(entry, annotations_by_image.get(entry["id"], []), class_of_category,
-                          images_dir, json_path)
-        for entry in coco["images"]
-    ]
+    samples = []
+    for entry in coco["images"]:
+        with _named_errors(f"{json_path}: image id {entry.get('id')!r}"):
+            samples.append(_read_image_entry(entry, annotations_by_image.get(entry["id"], []),
+                                             class_of_category, images_dir, json_path))
     return samples, names
+
+
+@contextlib.contextmanager
+def _named_errors(where: str) -> Iterator[None]:
+    """Turn the raw Python errors a malformed value causes into a :class:`DatasetError`.
+
+    The explicit checks below name most problems precisely; this net catches the rest (a
+    string where a number belongs, a list where a string does) so that a reader of a bad file
+    never sees ``TypeError: 'float' object is not iterable`` without the file and entry.
+    """
+    try:
+        yield
+    except DatasetError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as error:
+        raise DatasetError(f"{where}: malformed value ({type(error).__name__}: {error})") from error
 
 
 def _load_json(json_path: Path) -> dict[str, Any]:
@@ -192,9 +212,19 @@ def _load_json(json_path: Path) -> dict[str, Any]:
         coco = json.loads(json_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise DatasetError(f"{json_path}:{error.lineno}: not valid JSON ({error.msg})") from error
+    if not isinstance(coco, dict):
+        raise DatasetError(f"{json_path}: not a COCO instances file (the top level is a "
+                           f"{type(coco).__name__}, not an object)")
     missing = [key for key in ("images", "annotations", "categories") if key not in coco]
     if missing:
         raise DatasetError(f"{json_path}: not a COCO instances file, missing key(s) {missing}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(coco[key], list):
+            raise DatasetError(f"{json_path}: '{key}' is a {type(coco[key]).__name__}, not a list")
+        for index, entry in enumerate(coco[key]):
+            if not isinstance(entry, dict):
+                raise DatasetError(f"{json_path}: {key}[{index}] is a {type(entry).__name__}, "
+                                   "not an object")
     return coco
 
 
@@ -202,7 +232,11 @@ def _category_mapping(
     categories: list[dict[str, Any]], class_names: Sequence[str] | None, json_path: Path
 ) -> tuple[dict[int, int], list[str]]:
     """Map ``category_id`` -> 0-based class id."""
-    by_id = {int(c["id"]): str(c["name"]) for c in categories}
+    for index, category in enumerate(categories):
+        if not _is_int(category.get("id")) or not isinstance(category.get("name"), str):
+            raise DatasetError(f"{json_path}: categories[{index}] needs an integer id and a string "
+                               f"name, not id {category.get('id')!r}, name {category.get('name')!r}")
+    by_id = {c["id"]: c["name"] for c in categories}
     if len(by_id) != len(categories):
         raise DatasetError(f"{json_path}: categories contain a duplicate id")
     if class_names is None:
@@ -223,21 +257,24 @@ def _group_annotations(
     coco: dict[str, Any], class_of_category: dict[int, int], json_path: Path
 ) -> dict[int, list[dict[str, Any]]]:
     image_ids = [entry.get("id") for entry in coco["images"]]
+    for index, image_id in enumerate(image_ids):
+        if not _is_int(image_id):
+            raise DatasetError(f"{json_path}: images[{index}] has id {image_id!r}, not an integer")
     if len(set(image_ids)) != len(image_ids):
         raise DatasetError(f"{json_path}: two images share an id")
     grouped: dict[int, list[dict[str, Any]]] = {image_id: [] for image_id in image_ids}
     for annotation in coco["annotations"]:
-        where = f"{json_path}: annotation id {annotation.get('id')}"
-        if annotation.get("category_id") not in class_of_category:
+        where = f"{json_path}: annotation id {annotation.get('id')!r}"
+        if not _is_int(annotation.get("category_id")) or annotation["category_id"] not in class_of_category:
             raise DatasetError(
                 f"{where}: category_id {annotation.get('category_id')} is not in the categories "
                 f"{sorted(class_of_category)}"
             )
-        if annotation.get("image_id") not in grouped:
-            raise DatasetError(f"{where}: image_id {annotation.get('image_id')} is not in the images")
+        if not _is_int(annotation.get("image_id")) or annotation["image_id"] not in grouped:
+            raise DatasetError(f"{where}: image_id {annotation.get('image_id')!r} is not in the images")
         bbox = annotation.get("bbox")
-        if not isinstance(bbox, list) or len(bbox) != 4:
-            raise DatasetError(f"{where}: bbox {bbox!r} is not [x, y, w, h]")
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+            raise DatasetError(f"{where}: bbox {bbox!r} is not [x, y, w, h] (four numbers)")
         grouped[annotation["image_id"]].append(annotation)
     return grouped
 
@@ -253,6 +290,8 @@ def _read_image_entry(
     where = f"{json_path}: image id {entry.get('id')} '{file_name}'"
     if not file_name:
         raise DatasetError(f"{where}: has no file_name")
+    if not isinstance(file_name, str):
+        raise DatasetError(f"{where}: file_name is a {type(file_name).__name__}, not a string")
     image_path = images_dir / file_name
     if not image_path.is_file():
         raise DatasetError(f"{where}: image file {image_path} not found")
@@ -269,6 +308,8 @@ def _read_image_entry(
     for k, annotation in enumerate(annotations):
         source = f"{json_path}: annotation id {annotation.get('id')} (image '{file_name}')"
         x, y, w, h = (float(v) for v in annotation["bbox"])
+        if "iscrowd" in annotation and annotation["iscrowd"] not in (0, 1, True, False):
+            raise DatasetError(f"{source}: iscrowd {annotation['iscrowd']!r} is not 0 or 1")
         boxes[k] = check_boxes([[x, y, x + w, y + h]], width, height, source)[0]
         segmentation = annotation.get("segmentation")
         if segmentation:
@@ -286,20 +327,47 @@ def _read_image_entry(
 
 
 def _decode_segmentation(segmentation: Any, height: int, width: int, source: str) -> np.ndarray:
-    """Polygons, uncompressed RLE or compressed RLE -> ``bool`` ``H x W``."""
+    """Polygons, uncompressed RLE or compressed RLE -> ``bool`` ``H x W``.
+
+    Everything is checked against the image *before* pycocotools' C code sees it: an RLE whose
+    ``size`` or run lengths do not fit the image, or a polygon far outside it, would make that
+    code allocate or write far beyond the image (a ``1048576 x 1048576`` size kills the
+    process), so no input file can cost memory beyond its own image.
+    """
     from pycocotools import mask as mask_utils  # optional: the detection extra
 
     if isinstance(segmentation, list):  # polygons: [[x1, y1, x2, y2, ...], ...]
-        polygons = [check_polygon(p, f"{source} polygon {i}").reshape(-1).tolist()
-                    for i, p in enumerate(segmentation)]
+        polygons = []
+        for i, p in enumerate(segmentation):
+            if not isinstance(p, list) or not all(_is_number(v) for v in p):
+                raise DatasetError(f"{source} polygon {i}: not a list of numbers")
+            points = check_polygon(p, f"{source} polygon {i}")
+            tol = BOX_TOLERANCE_PX
+            if (points[:, 0].min() < -tol or points[:, 1].min() < -tol
+                    or points[:, 0].max() > width + tol or points[:, 1].max() > height + tol):
+                raise DatasetError(f"{source} polygon {i}: a point lies outside the {width}x{height} "
+                                   f"image by more than {tol:g} px; are the coordinates normalised "
+                                   "or for another image size?")
+            polygons.append(points.reshape(-1).tolist())
         rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
     elif isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
-        size = [int(v) for v in segmentation["size"]]
+        size = segmentation["size"]
+        if not isinstance(size, list) or len(size) != 2 or not all(_is_int(v) for v in size):
+            raise DatasetError(f"{source}: RLE size {size!r} is not [height, width]")
+        if list(size) != [height, width]:
+            raise DatasetError(f"{source}: RLE mask size {size[1]}x{size[0]} (WxH) does not match the "
+                               f"image size {width}x{height}; was the image resized without its mask?")
         counts = segmentation["counts"]
         if isinstance(counts, list):  # uncompressed RLE (crowd regions)
-            rle = mask_utils.frPyObjects(segmentation, *size)
+            _check_run_lengths(counts, height * width, source)
+            rle = mask_utils.frPyObjects({"size": [height, width], "counts": [int(c) for c in counts]},
+                                         height, width)
+        elif isinstance(counts, str):
+            _check_run_lengths(_compressed_run_lengths(counts, source), height * width, source)
+            rle = {"size": [height, width], "counts": counts.encode("ascii")}
         else:
-            rle = {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+            raise DatasetError(f"{source}: RLE counts is a {type(counts).__name__}, "
+                               "not a list of run lengths or a compressed string")
     else:
         raise DatasetError(f"{source}: segmentation is neither polygons nor RLE")
     try:
@@ -307,6 +375,48 @@ def _decode_segmentation(segmentation: Any, height: int, width: int, source: str
     except Exception as error:  # pycocotools raises bare Exceptions on malformed counts
         raise DatasetError(f"{source}: segmentation RLE cannot be decoded ({error})") from error
     return check_mask(mask, (height, width), source)
+
+
+def _compressed_run_lengths(counts: str, source: str) -> list[int]:
+    """Decode COCO's compressed RLE string (pycocotools' ``rleFrString``) in Python, to check it."""
+    if not counts.isascii() or any(not 48 <= ord(c) < 48 + 64 for c in counts):
+        raise DatasetError(f"{source}: RLE counts string holds characters outside COCO's alphabet")
+    runs: list[int] = []
+    p = 0
+    while p < len(counts):
+        value, k, more = 0, 0, True
+        while more:
+            if p >= len(counts):
+                raise DatasetError(f"{source}: RLE counts string ends inside a number")
+            c = ord(counts[p]) - 48
+            value |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                value |= -1 << (5 * k)
+            if k > 7:
+                raise DatasetError(f"{source}: RLE counts string holds a number beyond 32 bits")
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
+
+
+def _check_run_lengths(counts: list[Any], pixels: int, source: str) -> None:
+    if not all(_is_int(c) and 0 <= c <= pixels for c in counts):
+        raise DatasetError(f"{source}: RLE counts must be integers in 0..{pixels} (the image's pixels)")
+    if sum(counts) != pixels:
+        raise DatasetError(f"{source}: RLE run lengths add up to {sum(counts)} pixels, "
+                           f"but the image has {pixels}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def decode_rle(rle: dict[str, Any]) -> np.ndarray:
