@@ -59,6 +59,28 @@ def test_hflip_tta_averages_image_and_mirror():
     assert not torch.allclose(plain, probs)
 
 
+def test_hflip_tta_reads_the_loader_once_and_keeps_labels_with_their_images():
+    # a shuffling loader gives a new order on each pass: a second pass for the mirror images
+    # would average the wrong pairs; label i marks image i so the pairing can be checked
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2 * 4 * 4, 5))
+    x = torch.randn(12, 2, 4, 4)
+    loader = make_loader(torch.utils.data.TensorDataset(x, torch.arange(12)), 4, shuffle=True, seed=1)
+    passes = []
+
+    class Counting:
+        def __iter__(self):
+            passes.append(1)
+            return iter(loader)
+
+    probs, order = hflip_tta_probs(model, Counting())
+    assert len(passes) == 1
+    with torch.no_grad():
+        expected = (model(x).softmax(1) + model(x.flip(-1)).softmax(1)) / 2
+    assert sorted(order.tolist()) == list(range(12))
+    torch.testing.assert_close(probs, expected[order])
+
+
 @pytest.mark.parametrize("bad_size", [0])
 def test_grey_to_rgb_tensor_rejects_zero_size(bad_size):
     with pytest.raises((ValueError, RuntimeError)):

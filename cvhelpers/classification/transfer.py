@@ -75,13 +75,30 @@ def gradual_unfreezing(model: nn.Module, groups: list[list[nn.Module]], train_lo
     return histories
 
 
+class FlipTTA(nn.Module):
+    """Wrap a classifier so it averages the softmax of each image and its mirror image.
+
+    ``forward`` returns the *log* of the averaged probabilities, so a softmax of its output
+    (what :func:`~cvhelpers.train.evaluate.predict` does with ``probs=True``) gives the average
+    exactly, and the wrapper exports like any model. Each batch is flipped as it passes: no
+    second pass over the data, no flipped copy of the dataset in memory.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = (self.model(x).float().softmax(1) + self.model(x.flip(-1)).float().softmax(1)) / 2
+        return probs.clamp_min(1e-12).log()
+
+
 def hflip_tta_probs(model: nn.Module, loader: Any, device: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Test-time augmentation: average the softmax of each image and its mirror image.
 
-    Returns ``(probs N x C, targets N)``. Use it only where a flip does not change the label
-    (clothes, animals: yes; text, digits, left/right arrows: no).
+    Returns ``(probs N x C, targets N)`` in the loader's order, from one pass over the loader
+    (so a shuffling or augmenting loader still pairs each image with its own mirror and label).
+    Use it only where a flip does not change the label (clothes, animals: yes; text, digits,
+    left/right arrows: no).
     """
-    probs, targets = predict(model, loader, device=device, probs=True)
-    flipped = [(x.flip(-1), y) for x, y in loader]
-    flipped_probs, _ = predict(model, flipped, device=device, probs=True)
-    return (probs + flipped_probs) / 2, targets
+    return predict(FlipTTA(model), loader, device=device, probs=True)
