@@ -17,7 +17,7 @@ APT_PACKAGES ?= dataset-fashion-mnist labelme-examples opencv-doc chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: help venv system-data data course test unit notebooks lab clean site student student-smoke site-check
+.PHONY: help venv system-data data course test unit notebooks lab clean site student student-smoke site-check record time-lines
 
 help:
 	@echo "make course   run every notebook in its full profile -> $(BUILD)/results.{json,md}"
@@ -25,6 +25,7 @@ help:
 	@echo "make lab      open JupyterLab on the course"
 	@echo "make site     the course website from make course's outputs -> $(BUILD)/site"
 	@echo "make student  student copies of the notebooks (solutions removed) -> $(BUILD)/student"
+	@echo "make record   commit make course's results as docs/results/ and render the Time lines"
 	@echo "options: NB=\"00 01\" (subset)  VENV=path (default .venv)"
 
 $(VENV)/.installed-$(REQ_KEY):
@@ -82,6 +83,17 @@ test: unit student-smoke site-check
 
 course: data
 	$(PY) -m cvhelpers.course.runner --profile full --out $(BUILD) $(NB)
+
+# After a quiet `make course` and `make notebooks`: commit their results as the course's record,
+# and render every notebook's Time line from it (tests/test_prose.py checks they agree).
+record: venv
+	mkdir -p docs/results
+	cp $(BUILD)/results.json docs/results/full.json
+	cp $(BUILD)/smoke/results.json docs/results/smoke.json
+	$(MAKE) time-lines
+
+time-lines: venv
+	$(PY) -m cvhelpers.course.timeline --notebooks notebooks
 
 lab: data
 	cd notebooks && $(abspath $(PY)) -m jupyter lab
