@@ -96,7 +96,7 @@ time-lines: venv
 	$(PY) -m cvhelpers.course.timeline --notebooks notebooks
 
 lab: data
-	cd notebooks && $(abspath $(PY)) -m jupyter lab
+	cd notebooks && $(abspath $(PY)) -m cvhelpers.course.lab
 
 clean:
 	rm -rf $(BUILD)
