@@ -1,0 +1,67 @@
+"""The course's own ResNet and ViT equal the versions everyone uses, weight for weight.
+
+Each reference model (torchvision's ResNets, timm's ViT) is built with random weights, its
+state dict is loaded into the course model *by name* (strict: every tensor must find its
+place), and both give the same outputs on the same input.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from cvhelpers.models.resnet import ResNet, resnet
+from cvhelpers.models.vit import ViT, vit_tiny_patch16_224
+
+
+@pytest.mark.parametrize("depth, size", [(18, 64), (50, 64)])
+def test_course_resnet_equals_torchvision(depth, size):
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    reference = getattr(torchvision.models, f"resnet{depth}")(weights=None).eval()
+    ours = resnet(depth).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        assert (ours(x) - reference(x)).abs().max().item() <= 1e-5
+
+
+def test_course_vit_equals_timm():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    reference = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()
+    ours = vit_tiny_patch16_224().eval()
+    missing, unexpected = ours.load_state_dict(reference.state_dict(), strict=True)
+    assert not missing and not unexpected
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert (ours(x) - reference(x)).abs().max().item() <= 1e-4
+    attention = ours.class_token_attention()
+    assert attention.shape == (2, 14, 14)
+    torch.testing.assert_close(attention.sum((1, 2)), torch.ones(2) - ours.blocks[-1].attn.last_weights[:, :, 0, 0].mean(1))
+
+
+def test_plain_network_has_no_shortcut_but_the_same_layers():
+    with_skips, plain = resnet(18, num_classes=10, width=16), resnet(18, num_classes=10, width=16, skip=False)
+    assert sum(p.numel() for p in plain.parameters()) < sum(p.numel() for p in with_skips.parameters())  # no projections
+    assert all(block.downsample is None and not block.skip for stage in (plain.layer2, plain.layer3) for block in stage)
+    # a plain block with zeroed last BatchNorm outputs relu(0) = 0, a residual block passes x through
+    block = with_skips.layer1[0].eval()
+    nn.init.zeros_(block.bn2.weight); nn.init.zeros_(block.bn2.bias)
+    x = torch.rand(1, 16, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), x)
+        plain_block = plain.layer1[0].eval()
+        nn.init.zeros_(plain_block.bn2.weight); nn.init.zeros_(plain_block.bn2.bias)
+        assert plain_block(x).abs().max() == 0
+
+
+def test_bad_shapes_are_named():
+    with pytest.raises(ValueError, match="depth must be one of"):
+        resnet(19)
+    with pytest.raises(ValueError, match="not a multiple of patch_size"):
+        ViT(image_size=30, patch_size=4)
+    with pytest.raises(ValueError, match="not divisible by heads"):
+        ViT(image_size=32, patch_size=4, dim=10, heads=3)
+    assert isinstance(resnet(34), ResNet)
