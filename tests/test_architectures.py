@@ -65,3 +65,43 @@ def test_bad_shapes_are_named():
     with pytest.raises(ValueError, match="not divisible by heads"):
         ViT(image_size=32, patch_size=4, dim=10, heads=3)
     assert isinstance(resnet(34), ResNet)
+
+
+def test_course_lite0_with_the_real_imagenet_weights_equals_timm():
+    pytest.importorskip("timm")
+    from cvhelpers.data.photos import list_photos
+    from cvhelpers.models import pretrained as pt
+    from cvhelpers.models.efficientnet import efficientnet_lite0
+
+    reference = pt.efficientnet_lite0().eval()  # timm's tf_efficientnet_lite0 with the real weights
+    ours = efficientnet_lite0().eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    photos = [p for p in list_photos() if p.imagenet_classes is not None]
+    x = torch.stack([pt.preprocess_photo(p.load()) for p in photos])
+    with torch.no_grad():
+        a, b = ours(x), reference(x)
+    assert (a - b).abs().max().item() <= 1e-4
+    assert torch.equal(a.argmax(1), b.argmax(1))
+    assert sum(int(k in p.imagenet_classes) for k, p in zip(a.argmax(1).tolist(), photos)) >= 5
+
+
+def test_symmetric_padding_is_the_silent_mistake():
+    # the same weights with PyTorch's symmetric padding on the stride-2 convolutions drift away
+    from cvhelpers.models.efficientnet import efficientnet_lite0, pad_same
+
+    assert pad_same(torch.zeros(1, 1, 224, 224), 3, 2).shape[-2:] == (225, 225)  # 0 top/left, 1 bottom/right
+    assert pad_same(torch.zeros(1, 1, 225, 225), 3, 2).shape[-2:] == (227, 227)
+    from cvhelpers.models import pretrained as pt
+
+    real = pt.efficientnet_lite0().state_dict()  # random weights give near-zero logits: use the real ones
+    ours, symmetric = efficientnet_lite0().eval(), efficientnet_lite0().eval()
+    ours.load_state_dict(real)
+    symmetric.load_state_dict(real)
+    for module in symmetric.modules():
+        if type(module).__name__ == "_SameConv2d":
+            module.padding = (module.kernel_size[0] // 2,) * 2
+            module.forward = nn.Conv2d.forward.__get__(module)
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert (ours(x) - symmetric(x)).abs().max().item() > 1e-2
