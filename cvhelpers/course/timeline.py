@@ -42,7 +42,7 @@ def render_time_line(notebook: str, full: dict[str, Any], smoke: dict[str, Any])
     """The **Time** paragraph of ``notebook`` (its file stem) from the two records."""
     machine = full["machine"]
     where = (f"{machine['cores']} CPU cores ({machine['cpu']}, {'no GPU' if not machine.get('gpu') else machine['gpu']}), "
-             f"`make course` finished {full['finished'][:10]}, the machine otherwise quiet")
+             f"`make course` finished {full['finished'][:10]}, nothing else training")
     full_s, smoke_s = _seconds(full, notebook), _seconds(smoke, notebook)
     full_text = ("full profile: no passing run recorded" if full_s is None else
                  f"full profile {full_s:.0f} s" + (f" ({full_s / 60:.1f} min)" if full_s >= 120 else ""))
