@@ -2,7 +2,7 @@
 
 The parameter names follow timm's ``tf_efficientnet_lite0``, so the real ImageNet weights the
 course ships (:func:`cvhelpers.models.pretrained.lite0_state_dict_for_timm`) load by name and
-the logits agree with timm's (``tests/test_architectures.py``).
+the logits agree with timm's (``tests/test_model_parity.py``).
 
 Two details a re-implementation gets wrong silently:
 

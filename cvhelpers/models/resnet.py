@@ -2,7 +2,7 @@
 
 The parameter names follow torchvision's ``resnet18`` / ``resnet50`` exactly, so their state
 dicts load into these models by name (``model.load_state_dict(torchvision_model.state_dict())``)
-and the outputs agree: ``tests/test_architectures.py`` proves it. The code is the explanation;
+and the outputs agree: ``tests/test_model_parity.py`` proves it. The code is the explanation;
 torchvision's is the reference.
 
 Example:

@@ -2,7 +2,7 @@
 
 The parameter names follow timm's ``VisionTransformer`` (``vit_tiny_patch16_224`` and its
 family), so a timm state dict loads by name and the outputs agree
-(``tests/test_architectures.py``). Attention is written out (``softmax(q k^T / sqrt(d)) v``)
+(``tests/test_model_parity.py``). Attention is written out (``softmax(q k^T / sqrt(d)) v``)
 instead of calling a fused kernel, so the attention weights can be looked at.
 
 Example:
