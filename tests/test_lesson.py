@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from cvhelpers.course.lesson import profile_value, start_lesson
+from cvhelpers.course.results import NOTEBOOK_GLOB
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = sorted((ROOT / "notebooks").glob(NOTEBOOK_GLOB))
 
 
 def test_start_lesson_resolves_profile_values_and_sets_up(tmp_path, monkeypatch):

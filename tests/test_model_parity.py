@@ -105,3 +105,34 @@ def test_symmetric_padding_is_the_silent_mistake():
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert (ours(x) - symmetric(x)).abs().max().item() > 1e-2
+
+
+def test_small_resnet_has_the_layers_its_name_says():
+    from cvhelpers.models.resnet import small_resnet
+
+    model = small_resnet(20, num_classes=10, width=8)
+    shortcuts = {id(m) for b in model.modules() if getattr(b, "downsample", None) is not None for m in b.downsample.modules()}
+    weighted = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in shortcuts]
+    assert len(weighted) == 20  # stem + 3 stages x 3 blocks x 2 convs + fc; the 1x1 projections are shortcuts
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert not hasattr(model, "layer4") and isinstance(model.maxpool, nn.Identity)
+    plain = small_resnet(56, width=8, skip=False)
+    assert all(b.downsample is None and not b.skip for s in (plain.layer1, plain.layer2, plain.layer3) for b in s)
+    with pytest.raises(ValueError, match="6 n \\+ 2"):
+        small_resnet(21)
+
+
+def test_frozen_backbone_with_mlp_head_trains_the_head_only():
+    from cvhelpers.classification.transfer import frozen_backbone_with_mlp_head
+
+    model = frozen_backbone_with_mlp_head(resnet(18, num_classes=1000, width=8), "fc", num_classes=3, hidden=16)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("fc.") for n in trainable)
+    assert [type(m).__name__ for m in model.fc] == ["Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    before = {n: b.clone() for n, b in model.named_buffers() if "running_mean" in n}
+    model.train()
+    model(torch.randn(4, 3, 32, 32) * 5 + 3)  # a train-mode batch far from the statistics
+    after = dict(model.named_buffers())
+    assert all(torch.equal(after[n], b) for n, b in before.items())  # frozen means frozen: BatchNorm too
+    with pytest.raises(ValueError, match="no nn.Linear 'head'"):
+        frozen_backbone_with_mlp_head(resnet(18, width=8), "head", num_classes=3)

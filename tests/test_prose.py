@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from cvhelpers.course.timeline import RECORDS, load_record, render_time_line, time_paragraph
+from cvhelpers.course.results import NOTEBOOK_GLOB, lesson_number
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = sorted((ROOT / "notebooks").glob(NOTEBOOK_GLOB))
 # GPU models the course has no recorded run on, and paths that lie outside the repository
 UNRECORDED = re.compile(r"\b(H100|H200|A100|V100|RTX ?\d{4})\b|shared/|ENVIRONMENT\.md")
 
@@ -35,7 +36,7 @@ def test_the_records_are_a_full_and_a_smoke_run_of_every_notebook(records):
         assert {e["notebook"] for e in record["notebooks"]} == {p.stem for p in NOTEBOOKS}
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem[:2])
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: lesson_number(p.stem))
 def test_time_line_matches_the_records(path, records):
     first = "".join(json.loads(path.read_text())["cells"][0]["source"])
     found = time_paragraph(first)

@@ -85,3 +85,39 @@ def test_summary_reprints_the_closing_line(run, capsys):
     _, out, _ = run
     assert main(["--summary", str(out / "results.json")]) == 1
     assert capsys.readouterr().out.strip() == "notebooks: 1 passed, 2 failed"
+
+
+def test_find_notebooks_by_number_with_a_letter(tmp_path):
+    for name in ("01_cnn", "01b_architectures", "02_transfer"):
+        (tmp_path / f"{name}.ipynb").write_text("{}")
+    assert [p.stem for p in find_notebooks(tmp_path, [])] == ["01_cnn", "01b_architectures", "02_transfer"]
+    assert [p.stem for p in find_notebooks(tmp_path, ["01"])] == ["01_cnn"]  # not 01b
+    assert [p.stem for p in find_notebooks(tmp_path, ["01b"])] == ["01b_architectures"]
+    assert [p.stem for p in find_notebooks(tmp_path, ["01b_arch"])] == ["01b_architectures"]
+
+
+def test_results_of_another_machine_are_not_relabelled(tmp_path):
+    from cvhelpers.course.runner import MachineMismatchError, check_mergeable, merge_results
+    from cvhelpers.env import machine_info
+
+    entry = {"notebook": "00_ok", "status": "passed", "seconds": 1.0}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"profile": "full", "machine": {**machine_info(), "cpu": "Another CPU"},
+                                "notebooks": [entry]}))
+    with pytest.raises(MachineMismatchError, match="another machine.*'Another CPU' there"):
+        merge_results(path, "full", [{**entry, "notebook": "01_new"}])
+    check_mergeable(path, "smoke")  # another profile's file is replaced, not merged: nothing to refuse
+    path.write_text(json.dumps({"profile": "full", "machine": machine_info(), "notebooks": [entry]}))
+    merged = merge_results(path, "full", [{**entry, "notebook": "01_new"}])
+    assert [e["notebook"] for e in merged["notebooks"]] == ["00_ok", "01_new"]
+    # the runner refuses before it runs anything, not after an hour of training
+    path.write_text(json.dumps({"profile": "full", "machine": {**machine_info(), "cores": 999},
+                                "notebooks": [entry]}))
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    write_notebook(nbs / "00_work.ipynb", "import pathlib; pathlib.Path(DATA_DIR, 'ran').write_text('yes')")
+    proc = subprocess.run([sys.executable, "-m", "cvhelpers.course.runner", "--out", str(tmp_path),
+                           "--notebooks-dir", str(nbs), "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "another machine" in proc.stderr
+    assert not (tmp_path / "ran").exists()

@@ -188,3 +188,21 @@ def test_fit_learns_and_the_validator_scores_miou():
     assert history.val_metrics["miou"][-1] == pytest.approx(final.miou, abs=1e-9)
     assert history.val_metrics["mdice"][-1] == pytest.approx(final.mdice, abs=1e-9)
     assert model.training  # fit leaves the model in train mode; predict_masks restored it
+
+
+def test_resized_input_runs_smaller_and_answers_at_full_size():
+    import torch
+    from torch import nn
+
+    from cvhelpers.segmentation.models import ResizedInput
+
+    seen = []
+    probe = nn.Conv2d(3, 5, 1)
+    probe.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[-2:])))
+    wrapped = ResizedInput(probe, 0.5)
+    assert wrapped(torch.zeros(2, 3, 160, 96)).shape == (2, 5, 160, 96)
+    assert seen == [(80, 48)]
+    x = torch.randn(1, 3, 16, 16)
+    torch.testing.assert_close(ResizedInput(probe, 1)(x), probe(x))
+    with pytest.raises(ValueError, match="scale must be in"):
+        ResizedInput(probe, 1.5)

@@ -27,6 +27,32 @@ from cvhelpers.train.engine import History, fit
 from cvhelpers.train.evaluate import predict
 
 
+def frozen_backbone_with_mlp_head(model: nn.Module, head: str, num_classes: int, hidden: int = 256,
+                                   dropout: float = 0.2) -> nn.Module:
+    """The classic transfer recipe: freeze the whole pretrained network, then replace its last
+    layer ``head`` (``"fc"`` in torchvision's ResNets, ``"classifier"`` in timm's EfficientNets)
+    by ``Dropout -> Linear(in, hidden) -> ReLU -> Dropout -> Linear(hidden, num_classes)``.
+
+    "Frozen" means frozen: every parameter gets ``requires_grad=False`` *and* every BatchNorm
+    becomes a frozen copy (:func:`cvhelpers.models.freezing.freeze_batchnorm`), whose running
+    statistics do not move in ``train()`` mode either. Only the new head trains. Returns the
+    model (changed in place).
+
+    Raises:
+        ValueError: ``model`` has no ``nn.Linear`` called ``head``.
+    """
+    from cvhelpers.models.freezing import freeze, freeze_batchnorm
+
+    old = getattr(model, head, None)
+    if not isinstance(old, nn.Linear):
+        raise ValueError(f"{type(model).__name__} has no nn.Linear {head!r} to replace (found {type(old).__name__})")
+    freeze(model)
+    freeze_batchnorm(model)
+    setattr(model, head, nn.Sequential(nn.Dropout(dropout), nn.Linear(old.in_features, hidden), nn.ReLU(),
+                                       nn.Dropout(dropout), nn.Linear(hidden, num_classes)))
+    return model
+
+
 def grey_to_rgb_tensor(images: np.ndarray, labels: np.ndarray, size: int,
                        mean: Sequence[float], std: Sequence[float]) -> TensorDataset:
     """Grey uint8 ``(N, H, W)`` images -> a dataset of normalised ``(N, 3, size, size)`` float32.

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cvhelpers.course.results import NOTEBOOK_GLOB
+
 __all__ = ["MODEL_COLUMNS", "read_course_results", "model_table", "model_table_markdown"]
 
 #: The keys of every row of :func:`model_table`, in display order.
@@ -47,7 +49,7 @@ def read_course_results(build_dir: str | os.PathLike, include_running: bool = Tr
     by_name = {entry["notebook"]: entry for entry in results.get("notebooks", [])}
     metrics_dir = build_dir / "metrics"
     if include_running and metrics_dir.is_dir():
-        for path in sorted(metrics_dir.glob("[0-9][0-9]_*.json")):
+        for path in sorted(metrics_dir.glob(NOTEBOOK_GLOB.replace(".ipynb", ".json"))):
             if path.name.endswith(".status.json"):
                 continue
             recorded = json.loads(path.read_text())

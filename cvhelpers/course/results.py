@@ -27,6 +27,15 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 }
 PROFILES = ("smoke", "full")
 
+#: The lessons' file names: a two-digit number, an optional letter for a lesson inserted between
+#: two others (``01b_architectures`` comes after ``01_cnn_from_scratch``), ``_`` and a name.
+NOTEBOOK_GLOB = "[0-9][0-9]*_*.ipynb"
+
+
+def lesson_number(name: str) -> str:
+    """``"01b"`` for ``"01b_architectures"``: the part of a notebook's name before the first ``_``."""
+    return name.split("_", 1)[0]
+
 
 @dataclass(frozen=True)
 class Target:

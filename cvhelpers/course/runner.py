@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cvhelpers.course.results import read_metrics
+from cvhelpers.course.results import NOTEBOOK_GLOB, lesson_number, read_metrics
 from cvhelpers.files import write_json_atomic
 
 #: The memory goal for any notebook's full run on the course's 24 GB, 2-core machines.
@@ -35,17 +35,21 @@ CELL_TIMEOUT_S = 1800
 
 
 def find_notebooks(notebooks_dir: Path, selectors: list[str]) -> list[Path]:
-    """The notebooks in ``notebooks_dir`` whose names start with one of ``selectors`` (all if empty).
+    """The notebooks in ``notebooks_dir`` named by one of ``selectors`` (all if empty): a lesson
+    number (``"01"`` is ``01_cnn_from_scratch`` and not ``01b_architectures``) or the start of a
+    name with its ``_`` (``"06_sem"``).
 
     Raises:
         SystemExit: a selector matches no notebook.
     """
-    all_notebooks = sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
+    all_notebooks = sorted(notebooks_dir.glob(NOTEBOOK_GLOB))
     if not selectors:
         return all_notebooks
     chosen: list[Path] = []
     for selector in selectors:
-        matches = [nb for nb in all_notebooks if nb.stem.startswith(selector.removesuffix(".ipynb"))]
+        wanted = selector.removesuffix(".ipynb")
+        matches = [nb for nb in all_notebooks
+                   if lesson_number(nb.stem) == wanted or ("_" in wanted and nb.stem.startswith(wanted))]
         if not matches:
             names = ", ".join(nb.stem for nb in all_notebooks)
             raise SystemExit(f"no notebook matches {selector!r}; there are: {names}")
@@ -179,10 +183,50 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: What must agree for two runs' timings to share one record (one machine line above them).
+_SAME_MACHINE = ("cpu", "cores", "gpu")
+
+
+class MachineMismatchError(SystemExit):
+    """The earlier results were recorded on another machine: merging would relabel their times."""
+
+
+def check_mergeable(path: Path, profile: str) -> None:
+    """Refuse, before anything runs, to add runs to a results file of another machine.
+
+    A results file names one machine for all its notebooks; merging this machine's runs into
+    another's would credit the old timings to this machine (or the new ones to the old).
+
+    Raises:
+        MachineMismatchError: ``path`` holds runs of ``profile`` from a different CPU, core
+            count or GPU. Its message says what to do (re-run everything, or another ``--out``).
+    """
+    from cvhelpers.env import machine_info
+
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    if old.get("profile") != profile or not old.get("notebooks"):
+        return
+    before, now = old.get("machine", {}), machine_info()
+    differs = [k for k in _SAME_MACHINE if before.get(k) != now.get(k)]
+    if differs:
+        raise MachineMismatchError(
+            f"{path} holds {profile}-profile runs from another machine ("
+            + ", ".join(f"{k}: {before.get(k)!r} there, {now.get(k)!r} here" for k in differs)
+            + "); merging would put one machine's name on both. Run every notebook again into a "
+            f"fresh folder (--out elsewhere, or move {path} away first).")
+
+
 def merge_results(path: Path, profile: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Merge this run's entries into ``path``'s earlier ones (same profile) by notebook name."""
+    """Merge this run's entries into ``path``'s earlier ones (same profile) by notebook name.
+
+    Raises:
+        MachineMismatchError: see :func:`check_mergeable`.
+    """
     from cvhelpers.env import machine_info, package_versions
 
+    check_mergeable(path, profile)
     previous: list[dict[str, Any]] = []
     if path.exists():
         old = json.loads(path.read_text())
@@ -218,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
 
     notebooks = find_notebooks(args.notebooks_dir, args.notebooks)
     out, data_dir = args.out.resolve(), args.data_dir.resolve()
+    check_mergeable(out / "results.json", args.profile)  # before any work, not after it
     entries = []
     for nb in notebooks:
         print(f"running {nb.name} ({args.profile}) ...", flush=True)

@@ -24,6 +24,7 @@ from typing import Any
 
 import nbformat
 
+from cvhelpers.course.results import NOTEBOOK_GLOB, lesson_number
 from cvhelpers.course.runner import render_markdown
 from cvhelpers.course.workshop import (Lesson, find_recipes, format_clock, plan_day, read_lesson, teaching_minutes)
 
@@ -82,7 +83,7 @@ def course_index(lessons: list[Lesson], results: dict[str, Any], gpu_results: di
     for lesson in lessons:
         times = notebook_times(lesson.notebook, results, gpu_results)
         total = lesson_minutes(lesson, times["cpu_s"])
-        lines.append(f"| {lesson.notebook[:2]} | [{lesson.title}](notebooks/{lesson.notebook}.ipynb) | "
+        lines.append(f"| {lesson_number(lesson.notebook)} | [{lesson.title}](notebooks/{lesson.notebook}.ipynb) | "
                      f"{_minutes(times['cpu_s'])} | {_minutes(times['gpu_s'])} | "
                      f"{'not measured' if total is None else f'{total} min'} |")
     for lesson in lessons:
@@ -139,7 +140,7 @@ def teaching_plans(lessons: list[Lesson], results: dict[str, Any]) -> str:
 def write_pages(notebooks_dir: Path, results: dict[str, Any], gpu_results: dict[str, Any] | None,
                 docs: Path) -> list[dict[str, str]]:
     """Write the Markdown pages and copy the executed notebooks into ``docs``; return the nav."""
-    paths = sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
+    paths = sorted(notebooks_dir.glob(NOTEBOOK_GLOB))
     if not paths:
         raise FileNotFoundError(f"{notebooks_dir}: no executed notebooks (run `make course` or `make test` first)")
     notebooks = [nbformat.read(p, as_version=4) for p in paths]

@@ -15,6 +15,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from cvhelpers.course.results import NOTEBOOK_GLOB
+
 __all__ = ["RECORDS", "load_record", "render_time_line", "time_paragraph", "rewrite_time_lines"]
 
 #: The committed records, relative to the project root.
@@ -63,7 +65,7 @@ def rewrite_time_lines(notebooks_dir: Path, full: dict[str, Any], smoke: dict[st
     import nbformat  # the notebooks extra
 
     changed = []
-    for path in sorted(Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb")):
+    for path in sorted(Path(notebooks_dir).glob(NOTEBOOK_GLOB)):
         nb = nbformat.read(path, as_version=4)
         cell = nb.cells[0]
         old = time_paragraph(cell.source)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet", "STAGES"]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet", "small_resnet", "STAGES"]
 
 #: blocks per stage for each depth (He et al. 2016, table 1)
 STAGES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
@@ -92,6 +92,11 @@ class ResNet(nn.Module):
     stages that each halve the size and double the width (the first keeps both), global
     average pooling and one linear layer.
 
+    For small images (28 or 32 px) a quarter of the size is too much: ``small_stem=True`` makes
+    the stem one 3x3 stride-1 convolution without the max-pool, as in the CIFAR networks of
+    He et al. (ResNet-20: ``layers=(3, 3, 3)``, widths 16-32-64, 1 + 18 + 1 = 20 layers; their
+    shortcuts pad with zeros where ours use a 1x1 projection).
+
     Args:
         block: ``BasicBlock`` or ``Bottleneck``.
         layers: blocks per stage, e.g. ``(2, 2, 2, 2)`` for ResNet-18.
@@ -100,15 +105,19 @@ class ResNet(nn.Module):
         in_channels: image channels.
         skip: ``False`` builds the same network without any shortcut (the *plain* network of
             He et al., to measure what the skips buy).
+        small_stem: a 3x3 stride-1 stem and no max-pool, for small images.
     """
 
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, ...], num_classes: int = 1000,
-                 width: int = 64, in_channels: int = 3, skip: bool = True) -> None:
+                 width: int = 64, in_channels: int = 3, skip: bool = True, small_stem: bool = False) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
+        if small_stem:
+            self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.maxpool = nn.Identity() if small_stem else nn.MaxPool2d(3, 2, 1)
         channels, stages = width, []
         for index, blocks in enumerate(layers):
             stride = 1 if index == 0 else 2
@@ -117,7 +126,9 @@ class ResNet(nn.Module):
                 stage.append(block(channels, width * 2 ** index, stride if k == 0 else 1, skip=skip))
                 channels = width * 2 ** index * block.expansion
             stages.append(nn.Sequential(*stage))
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.num_stages = len(stages)
+        for index, stage in enumerate(stages):  # layer1, layer2, ...: torchvision's names
+            self.add_module(f"layer{index + 1}", stage)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
         for module in self.modules():
@@ -126,8 +137,21 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for index in range(self.num_stages):
+            x = getattr(self, f"layer{index + 1}")(x)
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def small_resnet(depth: int = 20, num_classes: int = 10, width: int = 16, in_channels: int = 1,
+                 skip: bool = True) -> ResNet:
+    """He et al.'s CIFAR ResNet for small images: ``depth = 6 n + 2`` (20, 32, 44, 56), three
+    stages of ``n`` basic blocks at widths ``width``, ``2 width``, ``4 width``, a small stem.
+    ``skip=False`` is the plain network of the same depth."""
+    if (depth - 2) % 6:
+        raise ValueError(f"depth must be 6 n + 2 (20, 32, 44, 56, ...), got {depth}")
+    n = (depth - 2) // 6
+    return ResNet(BasicBlock, (n, n, n), num_classes, width=width, in_channels=in_channels, skip=skip,
+                  small_stem=True)
 
 
 def resnet(depth: int = 18, num_classes: int = 1000, **kwargs) -> ResNet:

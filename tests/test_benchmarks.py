@@ -1,0 +1,30 @@
+"""The benchmark scripts run (``--quick``) and write what the lessons read."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_course_unet_curve_writes_a_curve_the_notebook_can_plot(tmp_path):
+    out = tmp_path / "curve.json"
+    assert load("course_unet_curve").main(["--quick", "--data-dir", str(ROOT / "datasets"), "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["curve"] and record["curve"][-1]["steps"] == 6
+    assert all(0 <= p["val_miou"] <= 1 and p["seconds"] > 0 for p in record["curve"])
+    assert {"steps", "warmup", "width", "scale", "lr"} <= set(record["settings"]) and record["machine"]["cores"] >= 1
+
+
+def test_the_recorded_curve_is_the_one_the_lesson_describes():
+    record = json.loads((ROOT / "docs" / "results" / "course_unet_curve.json").read_text())
+    first = record["first_step_val_miou_0_5"]
+    assert first == next((p["steps"] for p in record["curve"] if p["val_miou"] >= 0.5), None)
+    assert record["machine"]["cpu"] and record["settings"]["steps"] == record["curve"][-1]["steps"]
