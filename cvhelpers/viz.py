@@ -30,6 +30,8 @@ __all__ = [
     "draw_boxes",
     "overlay_mask",
     "show_mistakes",
+    "show_confused_pair",
+    "plot_data_flow",
 ]
 
 # matplotlib's "tab10" colours as RGB bytes: class id k is drawn in PALETTE[k % 10].
@@ -149,7 +151,9 @@ def plot_history(history: Mapping[str, Any] | Any) -> Figure:
     Args:
         history: ``History.to_dict()`` from ``cvhelpers.train.engine.fit`` (or the ``History`` itself):
             lists ``train_loss``, ``val_loss`` and optionally ``train_accuracy``,
-            ``val_accuracy``, ``epoch``; ``best_epoch`` (1-based) is marked with a dashed line.
+            ``val_accuracy``, ``epoch``; ``best_epoch`` (1-based) is marked with a dashed line,
+            and when ``stop_reason`` is ``"early_stopping"`` the epoch it fired at gets a red
+            line (the epochs between the two are the patience it spent).
 
     Returns:
         A figure with 2 axes, or 1 when there is no accuracy (e.g. detection).
@@ -171,6 +175,8 @@ def plot_history(history: Mapping[str, Any] | Any) -> Figure:
                 ax.plot(epochs, h[key], style, label=split, markersize=4)
         if h.get("best_epoch") is not None:
             ax.axvline(h["best_epoch"], color="gray", linestyle="--", linewidth=1, label="best")
+        if h.get("stop_reason") == "early_stopping":
+            ax.axvline(epochs[-1], color="red", linewidth=1.2, label="early stopping fired")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.set_title(f"{label} per epoch")
@@ -333,3 +339,89 @@ def error_overlay(image: np.ndarray, pred: np.ndarray, target: np.ndarray, alpha
     for where, colour in ((missed, (255, 0, 0)), (wrong, (255, 220, 0))):
         out[where] = (1 - alpha) * out[where] + alpha * np.array(colour, np.float32)
     return out.round().clip(0, 255).astype(np.uint8)
+
+
+def show_confused_pair(images: Any, true_labels: Any, pred_labels: Any, pair: tuple[int, int],
+                       class_names: Sequence[str] | None = None, per_row: int = 8) -> Figure:
+    """Two rows of examples for two confusable classes ``a, b``: ``a`` predicted as ``b``
+    (top), ``b`` predicted as ``a`` (bottom), with how many there are of each.
+
+    Args:
+        images, true_labels, pred_labels: the evaluated images (``N``, any layout) and ids.
+        pair: the two class ids, e.g. ``(6, 0)`` for Shirt vs T-shirt/top.
+        per_row: at most this many examples per row (the first ones, in data order).
+
+    Returns:
+        A figure with ``2 x per_row`` axes; ``fig.counts`` is ``(a as b, b as a)``.
+    """
+    true_ids = _as_array(true_labels).astype(int).ravel()
+    pred_ids = _as_array(pred_labels).astype(int).ravel()
+    a, b = pair
+    name = (lambda i: class_names[i]) if class_names is not None else str
+    rows = [np.flatnonzero((true_ids == a) & (pred_ids == b)), np.flatnonzero((true_ids == b) & (pred_ids == a))]
+    fig, axes = plt.subplots(2, per_row, figsize=(1.6 * per_row, 4.0), squeeze=False)
+    batch = _split_batch(images)
+    for r, (found, (t, p)) in enumerate(zip(rows, ((a, b), (b, a)))):
+        for c, ax in enumerate(axes[r]):
+            ax.set_xticks([]), ax.set_yticks([])
+            if c < len(found):
+                ax.imshow(to_display_image(batch[found[c]]), cmap="gray")
+            if c == 0:
+                ax.set_ylabel(f"{name(t)}\nas {name(p)}\n({len(found)})", fontsize=8)
+    fig.suptitle(f"{name(a)} vs {name(b)}: true class predicted as the other "
+                 f"({len(rows[0])} and {len(rows[1])} test images)")
+    fig.tight_layout()
+    fig.counts = (len(rows[0]), len(rows[1]))  # type: ignore[attr-defined]
+    return fig
+
+
+def plot_data_flow(stages: Sequence[tuple[str, Sequence[int]]], skips: Sequence[tuple[int, int]] = (),
+                   title: str = "Data flow") -> Figure:
+    """A network's data flow as a diagram: one box per stage, placed by resolution.
+
+    Each stage is ``(name, (channels, height, width))`` in the order the forward pass visits
+    them; a box's width grows with its channels and its row is its resolution (halving the
+    size moves one row down), so an encoder-decoder draws its own "U". ``skips`` are pairs of
+    stage indices joined by a dashed arrow (a U-Net's copy-and-concatenate, an FPN's lateral).
+    :func:`cvhelpers.segmentation.unet.unet_data_flow` traces a U-Net's stages.
+
+    Returns:
+        A figure with one axis: x is the order in the forward pass, y the feature map's size in
+        pixels.
+    """
+    from matplotlib.patches import FancyArrowPatch, Rectangle
+
+    sizes = [int(shape[1]) for _, shape in stages]
+    channels = [int(shape[0]) for _, shape in stages]
+    levels = [np.log2(sizes[0] / s) for s in sizes]
+    widest = max(channels)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(stages)), 4.5))
+    centres = []
+    for i, ((name, shape), level, c) in enumerate(zip(stages, levels, channels)):
+        x, y, w = 1.5 * i, -1.4 * level, 0.35 + 0.9 * c / widest
+        centres.append((x, y, w))
+        ax.add_patch(Rectangle((x - w / 2, y - 0.35), w, 0.7, facecolor=_unit_rgb(PALETTE[int(round(level)) % 10]),
+                               alpha=0.55, edgecolor="black"))
+        ax.text(x, y + 0.45, name, ha="center", va="bottom", fontsize=8)
+        ax.text(x, y, f"{c} ch\n{shape[1]}x{shape[2]}", ha="center", va="center", fontsize=7)
+        if i:
+            px, py, pw = centres[i - 1]
+            ax.add_patch(FancyArrowPatch((px + pw / 2, py), (x - w / 2, y), arrowstyle="-|>", mutation_scale=10))
+    for a, b in skips:
+        (ax_, ay, aw), (bx, by, bw) = centres[a], centres[b]
+        ax.add_patch(FancyArrowPatch((ax_ + aw / 2, ay + 0.2), (bx - bw / 2, by + 0.2), arrowstyle="-|>",
+                                     mutation_scale=10, linestyle="--", color="tab:red",
+                                     connectionstyle="arc3,rad=-0.08"))
+    ax.plot([], [], "--", color="tab:red", label="skip: copied, then concatenated")
+    ax.legend(loc="lower right", fontsize=8)
+    unique = sorted(set(zip(levels, sizes)))
+    ax.set_yticks([-1.4 * lv for lv, _ in unique], [f"{s} px" for _, s in unique])
+    ax.set_xticks([1.5 * i for i in range(len(stages))], [str(i) for i in range(len(stages))])
+    ax.set(xlim=(-1, 1.5 * len(stages) - 0.5), ylim=(-1.4 * max(levels) - 0.8, 1.0),
+           xlabel="stage, in the order of the forward pass", ylabel="feature map size (height)", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def _unit_rgb(color: tuple[int, int, int]) -> tuple[float, float, float]:
+    return (color[0] / 255, color[1] / 255, color[2] / 255)

@@ -39,6 +39,22 @@ def test_start_lesson_resolves_profile_values_and_sets_up(tmp_path, monkeypatch)
     assert torch.equal(first, torch.rand(3))  # seeded the same both times
 
 
+def test_check_exercise_records_right_and_wrong_answers_and_skips_unattempted(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CVC_CACHE_DIR", str(tmp_path / "cache"))
+    results = tmp_path / "results.json"
+    lesson = start_lesson("99_demo", {"PROFILE": "smoke", "OUTPUT_DIR": str(tmp_path / "out"),
+                                      "RESULTS_FILE": str(results), "DEVICE": "cpu"})
+    assert lesson.check_exercise("Square it!", 4, lambda a: a == 2 ** 2) is True
+    assert lesson.check_exercise("cube it", 9, lambda a: a == 2 ** 3) is False  # wrong: no exception
+    assert lesson.check_exercise("not tried", None, lambda a: True) is None
+    assert lesson.check_exercise("bad shape", [1], lambda a: a[3] == 0) is False  # a broken answer is wrong
+    metrics = {m["name"]: m for m in json.loads(results.read_text())["metrics"]}
+    assert metrics["exercise_square_it"]["passed"] is True and metrics["exercise_square_it"]["target"] == ">= 1"
+    assert metrics["exercise_cube_it"]["passed"] is False and metrics["exercise_bad_shape"]["passed"] is False
+    assert "exercise_not_tried" not in metrics  # a student copy records nothing, so it cannot fail
+    assert "not attempted yet" in capsys.readouterr().out
+
+
 def test_profile_comes_from_the_environment_and_is_checked(tmp_path, monkeypatch):
     monkeypatch.setenv("CVC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("CVC_PROFILE", "smoke")

@@ -218,6 +218,7 @@ def test_gradual_unfreezing_and_discriminative_lrs():
 def torch_home(tmp_path, monkeypatch):
     """An empty TORCH_HOME; any download attempt fails the test loudly."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("CVC_ONLINE", raising=False)  # the switch is off, whatever the shell says
     # torch.hub.set_dir() called elsewhere would win over TORCH_HOME: undo it for this test.
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
 
@@ -235,7 +236,7 @@ def test_resnet50_missing_weights_fail_at_once_with_instructions(torch_home):
     assert isinstance(info.value, FileNotFoundError)
     assert "resnet50-11ad3fa6.pth" in message
     assert str(torch_home / "hub" / "checkpoints") in message
-    assert "python -c" in message and "IMAGENET1K_V2" in message
+    assert "IMAGENET1K_V2" in message and "CVC_ONLINE=1" in message and "ONLINE = True" in message
     assert list(torch_home.iterdir()) == [], "nothing created, nothing fetched"
 
 

@@ -143,3 +143,51 @@ def test_show_mistakes_titles_true_and_pred():
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[1] == "true: dog\npred: bird (0.80)"
     assert fig.axes[0].title.get_color() == "black" and fig.axes[1].title.get_color() == "red"
+
+
+def test_plot_history_marks_where_early_stopping_fired():
+    from cvhelpers.viz import plot_history
+
+    history = {"train_loss": [1.0, 0.6, 0.5, 0.45, 0.4], "val_loss": [1.0, 0.7, 0.72, 0.75, 0.8],
+               "best_epoch": 2, "stop_reason": "early_stopping"}
+    ax = plot_history(history).axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert "best" in labels and "early stopping fired" in labels
+    fired = [line for line in ax.get_lines() if line.get_label() == "early stopping fired"][0]
+    assert fired.get_xdata()[0] == 5  # the last epoch run
+    no_stop = plot_history(dict(history, stop_reason="epochs")).axes[0]
+    assert "early stopping fired" not in no_stop.get_legend_handles_labels()[1]
+
+
+def test_show_confused_pair_counts_both_directions_like_sklearn():
+    from sklearn.metrics import confusion_matrix
+
+    from cvhelpers.viz import show_confused_pair
+
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 4, 200)
+    pred = np.where(rng.random(200) < 0.3, rng.integers(0, 4, 200), true)
+    fig = show_confused_pair(rng.random((200, 28, 28)), true, pred, (1, 2), ["a", "b", "c", "d"], per_row=5)
+    cm = confusion_matrix(true, pred, labels=range(4))
+    assert fig.counts == (cm[1, 2], cm[2, 1])
+    assert len(fig.axes) == 10 and "b vs c" in fig._suptitle.get_text()
+
+
+def test_unet_data_flow_traces_every_stage_and_pairs_skips_of_equal_size():
+    from cvhelpers.segmentation.unet import UNet, unet_data_flow
+    from cvhelpers.viz import plot_data_flow
+
+    model = UNet(in_channels=3, num_classes=5, width=4, depth=3).train()
+    stages, skips = unet_data_flow(model, torch.zeros(1, 3, 32, 32))
+    names = [n for n, _ in stages]
+    assert names == ["input", "stem", "encoder 1", "encoder 2", "bottleneck",
+                     "decoder 1", "decoder 2", "decoder 3", "head"]
+    shapes = dict(stages)
+    assert shapes["head"] == (5, 32, 32) and shapes["bottleneck"] == (32, 4, 4)
+    assert model.training  # put back as it was
+    assert len(skips) == 3
+    for source, target in skips:  # a skip joins an encoder and a decoder output of one size
+        assert stages[source][1][1:] == stages[target][1][1:]
+    fig = plot_data_flow(stages, skips, title="U-Net")
+    ax = fig.axes[0]
+    assert ax.get_title() == "U-Net" and "px" in ax.get_yticklabels()[0].get_text()

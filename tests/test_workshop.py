@@ -1,16 +1,19 @@
 """The workshop kit: lesson structure of the course notebooks, student copies, exercise checks, plans."""
 
 import ast
+import json
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from cvhelpers.course.results import NOTEBOOK_GLOB
 from cvhelpers.course.workshop import BEGIN_SOLUTION
 from cvhelpers.course.workshop import (STUDENT_STUB, check_exercise, find_recipes, make_student_notebook, plan_day, read_lesson, strip_solution, teaching_minutes, write_student_copies)
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-ADOPTED = ["00_setup_and_data", "01_cnn_from_scratch"]  # notebooks that follow the convention
+ADOPTED = sorted(p.stem for p in NOTEBOOKS.glob(NOTEBOOK_GLOB))  # every lesson follows the convention
+SMOKE_RECORD = NOTEBOOKS.parent / "docs" / "results" / "smoke.json"
 
 
 def _read(name: str) -> nbformat.NotebookNode:
@@ -23,12 +26,38 @@ def test_course_notebooks_follow_the_lesson_convention(name):
     lesson = read_lesson(nb, name)
     assert lesson.problems() == []
     assert len(lesson.questions) >= 2 and len(lesson.objectives) >= 2 and len(lesson.keypoints) >= 2
-    assert lesson.exercises and lesson.exercise_minutes == sum(e.minutes for e in lesson.exercises) > 0
+    assert len(lesson.exercises) >= 2, f"{name}: a workshop lesson needs at least two exercises"
+    assert lesson.exercise_minutes == sum(e.minutes for e in lesson.exercises) > 0
+    for exercise in lesson.exercises:
+        # the exercise's own cells, up to the next markdown cell that is not a solution
+        cells = []
+        for cell in nb.cells[exercise.cell_index + 1:]:
+            if cell.cell_type == "markdown" and "solution" not in cell.metadata.get("tags", []):
+                break
+            cells.append(cell)
+        solutions = [c for c in cells if c.cell_type == "code" and "solution" in c.metadata.get("tags", [])]
+        assert solutions and all(BEGIN_SOLUTION in c.source for c in solutions), (
+            f"{name}: {exercise.title!r} has no solution cell with a {BEGIN_SOLUTION} block")
+        # the verdict is recorded (lesson.check_exercise), so a run with solutions shows it passing
+        assert any("lesson.check_exercise(" in c.source for c in cells if c.cell_type == "code"), (
+            f"{name}: {exercise.title!r} has no check cell calling lesson.check_exercise")
     recipes = find_recipes(nb, name)
-    assert len(recipes) >= 2
+    assert recipes, f"{name}: no cell tagged recipe"
     for recipe in recipes:  # the description is the cell's first line, the link target its id
         assert recipe.source.startswith("# Recipe: " + recipe.description)
         assert recipe.cell_id == nb.cells[recipe.cell_index].id
+
+
+def test_the_smoke_record_shows_two_exercises_passing_in_every_lesson():
+    """The recorded smoke run (docs/results/smoke.json, ``make record``) executed every lesson
+    with its solutions: each recorded at least two exercise verdicts, all of them right."""
+    record = json.loads(SMOKE_RECORD.read_text())
+    by_notebook = {entry["notebook"]: entry for entry in record["notebooks"]}
+    for name in ADOPTED:
+        assert name in by_notebook, f"{name}: no smoke run recorded; run `make notebooks record`"
+        verdicts = [m for m in by_notebook[name]["metrics"] if m["name"].startswith("exercise_")]
+        assert len(verdicts) >= 2, f"{name}: the smoke record holds {len(verdicts)} exercise verdicts"
+        assert all(m["passed"] for m in verdicts), f"{name}: {[m['name'] for m in verdicts if not m['passed']]}"
 
 
 def _tiny_notebook() -> nbformat.NotebookNode:
@@ -101,11 +130,14 @@ def test_student_copies_of_the_course_parse_and_hold_no_solution(tmp_path):
     assert [p.stem for p in written] == ADOPTED
     for path in written:
         original = _read(path.stem)
-        solutions = [c.source for c in original.cells if "solution" in c.metadata.get("tags", [])]
+        solutions = [c for c in original.cells if "solution" in c.metadata.get("tags", [])]
         student = nbformat.read(path, as_version=4)
         text = "\n".join(c.source for c in student.cells)
         for solution in solutions:
-            block = solution.split(BEGIN_SOLUTION, 1)[1].split("# END SOLUTION", 1)[0].strip()
+            if solution.cell_type == "markdown":  # an explanation: dropped whole
+                assert solution.source not in text
+                continue
+            block = solution.source.split(BEGIN_SOLUTION, 1)[1].split("# END SOLUTION", 1)[0].strip()
             assert block and block not in text
         for cell in student.cells:
             if cell.cell_type == "code":

@@ -25,7 +25,8 @@ smoke_target=...)`` in the cells marked as checks, never inside a recipe.
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
+import re
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,23 @@ class Lesson:
         """Record a measured value, with the full profile's and the smoke profile's targets
         (see :meth:`cvhelpers.course.results.Recorder.record`)."""
         self.recorder.record(name, value, target=target, smoke_target=smoke_target, unit=unit)
+
+    def check_exercise(self, name: str, answer: Any, check: Callable[[Any], bool]) -> bool | None:
+        """Check an exercise's answer (:func:`cvhelpers.course.workshop.check_exercise`) and record
+        the verdict as ``exercise_<name>`` = 1 (right) or 0 (wrong), target ">= 1" in both
+        profiles, so a run of the notebook with its solutions shows every exercise passing.
+
+        An unattempted answer (``None``, as in a student copy) records nothing: the check is
+        skipped and the run is not failed. A wrong answer never raises here either; only the
+        runner, which checks the targets at the end, reports it.
+        """
+        from cvhelpers.course.workshop import check_exercise
+
+        verdict = check_exercise(name, answer, check)
+        if verdict is not None:
+            slug = re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
+            self.record(f"exercise_{slug}", float(verdict), target=">= 1", smoke_target=">= 1")
+        return verdict
 
     def record_model(self, *args: Any, **kwargs: Any) -> None:
         """A row of the course-wide model table (:meth:`Recorder.record_model`)."""

