@@ -58,3 +58,13 @@ def test_nms_picture_keeps_what_torchvision_keeps():
     before, after = fig.axes
     assert f"{len(shown)} boxes" in before.get_title() and f"{len(reference)} boxes" in after.get_title()
     assert len(after.patches) == len(reference)
+
+
+def test_nms_picture_per_class_keeps_what_batched_nms_keeps():
+    g = torch.Generator().manual_seed(1)
+    xy = torch.rand(40, 2, generator=g) * 60
+    boxes = torch.cat([xy, xy + 30], 1)
+    scores, labels = torch.rand(40, generator=g), torch.randint(0, 3, (40,), generator=g)
+    fig = plot_nms(IMAGE, boxes, scores, iou_threshold=0.5, labels=labels)
+    reference = torchvision.ops.batched_nms(boxes, scores, labels, 0.5)
+    assert sorted(fig.kept.tolist()) == sorted(reference.tolist())

@@ -34,13 +34,14 @@ class _Server:
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
+        self.headers: dict[str, dict[str, str]] = {}  # extra response headers per path
         self.requests: list[str] = []
         self.stall_s = 0.0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                server.requests.append(self.path)
+            def _answer(self, with_body: bool) -> None:
+                server.requests.append(f"{self.command} {self.path}")
                 if server.stall_s:
                     time.sleep(server.stall_s)
                 body = server.files.get(self.path)
@@ -49,8 +50,17 @@ class _Server:
                     return
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
+                for key, value in server.headers.get(self.path, {}).items():
+                    self.send_header(key, value)
                 self.end_headers()
-                self.wfile.write(body)
+                if with_body:
+                    self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's names)
+                self._answer(True)
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                self._answer(False)
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -190,3 +200,58 @@ def test_ultralytics_weights_come_from_its_release_url_and_must_be_a_checkpoint(
     path = dl.ultralytics_weights("yolov8n.pt", online=True, weights_dir=weights_dir, progress=False)
     assert path == weights_dir / "yolov8n.pt" and path.read_bytes() == server.files[mirror_path]
     assert dl.ultralytics_weights("yolov8n.pt", online=False, weights_dir=weights_dir) == path  # cached: no switch needed
+
+
+@pytest.fixture
+def hub_cache(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as cvhelpers.env.setup() leaves it
+    return tmp_path / "hub"
+
+
+def _serve_hub_file(server, repo_id: str, revision: str, filename: str, body: bytes) -> None:
+    path = f"/huggingface.co/{repo_id}/resolve/{revision}/{filename}"
+    server.files[path] = body
+    server.headers[path] = {"X-Repo-Commit": revision, "ETag": f'"{hashlib.sha256(body).hexdigest()}"'}
+
+
+@local_server
+def test_smp_imagenet_encoder_from_the_hub_mirror_then_offline(server, hub_cache):
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    from safetensors.torch import save
+    from segmentation_models_pytorch.encoders import encoders
+
+    from huggingface_hub import constants
+
+    settings = encoders["resnet18"]["pretrained_settings"]["imagenet"]
+    torch.manual_seed(0)
+    stand_in = smp.encoders.get_encoder("resnet18", weights=None).state_dict()  # random, real shapes
+    _serve_hub_file(server, settings["repo_id"], settings["revision"], "config.json", b"{}")
+    _serve_hub_file(server, settings["repo_id"], settings["revision"], "model.safetensors", save(stand_in))
+    with pytest.raises(dl.WeightsNotCachedError, match="CVC_ONLINE=1"):
+        dl.ensure_smp_encoder_weights("resnet18", online=False)
+    assert server.requests == []
+    path = dl.ensure_smp_encoder_weights("resnet18", online=True)
+    assert path.name == "model.safetensors" and constants.HF_HUB_OFFLINE is True  # switched back
+    served = len(server.requests)
+    assert served >= 2
+    # smp's own loader, offline, finds the files in the hub cache and loads the stand-in weights
+    model = smp.Unet("resnet18", encoder_weights="imagenet", classes=2)
+    assert len(server.requests) == served, "smp must not ask the network again"
+    loaded = model.encoder.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in stand_in.items() if k in loaded)
+    assert dl.ensure_smp_encoder_weights("resnet18", online=True) == path  # a cache hit
+    assert len(server.requests) == served
+
+
+@local_server
+def test_a_corrupt_hub_file_is_rejected_and_removed(server, hub_cache):
+    revision = "0" * 40
+    _serve_hub_file(server, "course/broken", revision, "model.safetensors", b"not safetensors at all")
+    with pytest.raises(dl.DownloadError, match="not a safetensors file"):
+        dl.ensure_hub_file("course/broken", "model.safetensors", revision, online=True)
+    from huggingface_hub import try_to_load_from_cache
+
+    assert not isinstance(try_to_load_from_cache("course/broken", "model.safetensors", revision=revision), str)

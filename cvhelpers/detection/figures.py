@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
 from cvhelpers.detection.anchors import base_anchors
-from cvhelpers.detection.boxes import box_iou, encode_boxes, nms
+from cvhelpers.detection.boxes import batched_nms, box_iou, encode_boxes, nms
 from cvhelpers.viz import PALETTE, to_rgb_uint8
 
 __all__ = ["anchors_at", "plot_anchors_on_image", "plot_box_encoding", "plot_nms"]
@@ -128,12 +128,13 @@ def plot_box_encoding(image: Any, anchors: Any, targets: Any,
 
 
 def plot_nms(image: Any, boxes: Any, scores: Any, iou_threshold: float = 0.5,
-             score_threshold: float = 0.0, max_boxes: int = 100,
+             score_threshold: float = 0.0, max_boxes: int = 100, labels: Any | None = None,
              title: str = "Non-maximum suppression") -> Figure:
     """The same detections before and after greedy NMS, side by side.
 
     Boxes below ``score_threshold`` are dropped first (and only the ``max_boxes`` best are
-    drawn); line strength follows the score. The right panel keeps what :func:`nms` keeps.
+    drawn); line strength follows the score. The right panel keeps what :func:`nms` keeps, or,
+    with ``labels``, what :func:`batched_nms` keeps (per class, as detectors run it).
 
     Returns:
         A figure with two image axes; ``fig.kept`` holds the indices (into ``boxes``) NMS kept.
@@ -141,7 +142,11 @@ def plot_nms(image: Any, boxes: Any, scores: Any, iou_threshold: float = 0.5,
     box_t, score_t = _boxes(boxes), torch.as_tensor(np.asarray(scores, dtype=np.float32)).reshape(-1)
     order = torch.argsort(score_t, descending=True)
     order = order[score_t[order] >= score_threshold][:max_boxes]
-    keep = order[nms(box_t[order], score_t[order], iou_threshold)]
+    if labels is None:
+        keep = order[nms(box_t[order], score_t[order], iou_threshold)]
+    else:
+        label_t = torch.as_tensor(np.asarray(labels)).reshape(-1)
+        keep = order[batched_nms(box_t[order], score_t[order], label_t[order], iou_threshold)]
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.5))
     for ax, shown, name in ((axes[0], order, "before"), (axes[1], keep, "after")):
         _show(ax, image, f"{name} NMS: {len(shown)} boxes" + (f" (IoU > {iou_threshold} suppressed)" if name == "after" else ""))

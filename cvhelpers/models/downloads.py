@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 __all__ = ["DEFAULT_TIMEOUT_S", "MIRROR_ENV", "ONLINE_ENV", "DownloadError", "WeightsNotCachedError",
-           "cached_weights_path", "ensure_torchvision_weights", "fetch", "mirrored", "online",
+           "cached_weights_path", "ensure_hub_file", "ensure_smp_encoder_weights", "ensure_torchvision_weights", "fetch", "mirrored", "online",
            "ultralytics_asset_url", "ultralytics_weights"]
 
 ONLINE_ENV = "CVC_ONLINE"
@@ -65,6 +65,9 @@ def online(value: bool | None = None) -> bool:
     if value is not None:
         return bool(value)
     return os.environ.get(ONLINE_ENV, "").strip().lower() in _TRUE
+
+
+_online_switch = online  # for functions whose own parameter is called ``online``
 
 
 def mirrored(url: str) -> str:
@@ -111,7 +114,7 @@ def fetch(url: str, path: str | Path, *, what: str, offline_hint: str, online_sw
     path = Path(path)
     if path.is_file():
         return path
-    if not online(online_switch):
+    if not _online_switch(online_switch):
         raise WeightsNotCachedError(
             f"{what}: {path} is missing and downloads are off.\n{offline_hint}\nOr switch downloads on: "
             f"ONLINE = True in the notebook's parameters, or {ONLINE_ENV}=1 in the environment.")
@@ -198,3 +201,94 @@ def ultralytics_weights(name: str = "yolov8n.pt", online: bool | None = None,
     hint = f"put {name} ({url}) in {path.parent} and pass its path to YOLO(...)"
     return fetch(url, path, what=f"ultralytics {name}", offline_hint=hint, online_switch=online,
                  check=_torch_checkpoint_problem, timeout_s=timeout_s, progress=progress)
+
+
+# --- Hugging Face hub (timm, segmentation-models-pytorch) -----------------------------------
+
+
+@contextlib.contextmanager
+def _hub_online(timeout_s: float) -> Iterator[None]:
+    """Lift ``HF_HUB_OFFLINE`` (which :func:`cvhelpers.env.setup` sets) for this block only, with
+    ``timeout_s`` for every request of the download."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE, constants.HF_HUB_DOWNLOAD_TIMEOUT
+    constants.HF_HUB_OFFLINE, constants.HF_HUB_DOWNLOAD_TIMEOUT = False, timeout_s
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE, constants.HF_HUB_DOWNLOAD_TIMEOUT = saved
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except Exception as err:  # safetensors raises its own SafetensorError for any bad header
+        return f"{path.name} is not a safetensors file ({type(err).__name__}: {err})"
+    return None
+
+
+def ensure_hub_file(repo_id: str, filename: str, revision: str, online: bool | None = None,
+                    timeout_s: float = DEFAULT_TIMEOUT_S) -> Path:
+    """One file of a Hugging Face repo at a pinned commit, in the hub's own cache (``HF_HOME``).
+
+    Once it is there, the library that wants it (timm, smp) finds it offline. The hub checks
+    the download's size against the server's headers; a ``.safetensors`` file is also opened to
+    check it is one. ``$CVC_DOWNLOAD_MIRROR`` serves ``huggingface.co`` at ``<mirror>/huggingface.co``.
+
+    Raises:
+        WeightsNotCachedError, DownloadError: as :func:`fetch`.
+    """
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    what = f"Hugging Face {repo_id}/{filename}@{revision[:8]}"
+    hint = (f"copy the hub cache of {repo_id} (revision {revision}) from a machine with a network into "
+            f"HF_HOME (or run there: python -c \"from huggingface_hub import hf_hub_download; "
+            f"hf_hub_download('{repo_id}', '{filename}', revision='{revision}')\")")
+    cached = try_to_load_from_cache(repo_id, filename, revision=revision)
+    if isinstance(cached, str):
+        return Path(cached)
+    if not _online_switch(online):
+        raise WeightsNotCachedError(
+            f"{what} is not in the hub cache and downloads are off.\n{hint}\nOr switch downloads on: "
+            f"ONLINE = True in the notebook's parameters, or {ONLINE_ENV}=1 in the environment.")
+    mirror = os.environ.get(MIRROR_ENV)
+    endpoint = f"{mirror.rstrip('/')}/huggingface.co" if mirror else None
+    try:
+        with _hub_online(timeout_s):
+            path = Path(hf_hub_download(repo_id, filename, revision=revision, endpoint=endpoint,
+                                        etag_timeout=timeout_s))
+    except Exception as err:  # httpx / hub errors: one clear message, the original chained
+        raise DownloadError(f"{what}: the download from {endpoint or 'https://huggingface.co'} failed "
+                            f"({type(err).__name__}: {err}).\nOffline: {hint}") from err
+    problem = _safetensors_problem(path)
+    if problem:
+        blob = path.resolve()
+        path.unlink(missing_ok=True)
+        blob.unlink(missing_ok=True)
+        raise DownloadError(f"{what}: the downloaded file was rejected ({problem}); it was removed from the "
+                            f"hub cache.\nOffline: {hint}")
+    return path
+
+
+def ensure_smp_encoder_weights(encoder_name: str, weights: str = "imagenet", online: bool | None = None,
+                               timeout_s: float = DEFAULT_TIMEOUT_S) -> Path:
+    """The files smp's ``encoder_weights=weights`` loads for ``encoder_name`` (smp 0.5+ keeps
+    them on the Hugging Face hub at a pinned revision), fetched into the hub cache when the
+    switch is on; ``smp.Unet(encoder_name, encoder_weights=weights)`` then builds offline.
+
+    Returns:
+        The path of ``model.safetensors``.
+    """
+    from segmentation_models_pytorch.encoders import encoders
+
+    if encoder_name not in encoders or weights not in encoders[encoder_name]["pretrained_settings"]:
+        raise KeyError(f"smp has no {weights!r} weights for encoder {encoder_name!r}")
+    settings = encoders[encoder_name]["pretrained_settings"][weights]
+    ensure_hub_file(settings["repo_id"], "config.json", settings["revision"], online, timeout_s)
+    return ensure_hub_file(settings["repo_id"], "model.safetensors", settings["revision"], online, timeout_s)
