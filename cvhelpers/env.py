@@ -57,6 +57,98 @@ def _ultralytics_config_dir(cache_dir: Path) -> Path:
     return config
 
 
+#: The download switch's environment variable (a notebook's ``ONLINE`` parameter wins over it).
+ONLINE_ENV = "CVC_ONLINE"
+
+
+def online(value: bool | None = None) -> bool:
+    """The download switch: ``value`` when given (a notebook's ``ONLINE`` parameter), else
+    whether ``$CVC_ONLINE`` is ``1``/``true``/``yes``/``on``; off otherwise."""
+    if value is not None:
+        return bool(value)
+    return os.environ.get(ONLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+#: ``CVC_BLOCK_NETWORK=1`` (the course runner sets it unless ``CVC_ONLINE=1``): :func:`setup`
+#: then refuses every connection to another machine, so a hidden download fails at once.
+NETWORK_GUARD_ENV = "CVC_BLOCK_NETWORK"
+_network_allowed = False  # True inside network_allowed(): the one door the download switch opens
+
+
+class NetworkBlockedError(ConnectionRefusedError):
+    """A connection to another machine while the course runs offline (``CVC_BLOCK_NETWORK=1``)."""
+
+
+def _is_local(host: Any) -> bool:
+    import ipaddress
+    import socket
+
+    if not isinstance(host, str) or host in ("", "localhost", socket.gethostname()):
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host.endswith(".localhost")
+    return address.is_loopback or address.is_unspecified
+
+
+def block_network() -> bool:
+    """Refuse connections and name lookups for any host but this machine, in this process.
+
+    Unix sockets and loopback (the Jupyter kernel's own channels, a test's local server) stay
+    open; :func:`network_allowed` opens the door for the download switch. Idempotent.
+
+    Returns:
+        True when the guard was installed by this call.
+    """
+    import socket
+
+    if getattr(socket.socket.connect, "_cvc_guard", False):
+        return False
+    connect, connect_ex, getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+
+    def refuse(host: Any, port: Any) -> None:
+        raise NetworkBlockedError(
+            f"connection to {host}:{port} refused: the course runs offline ({NETWORK_GUARD_ENV}=1). "
+            f"Downloads happen only with the switch on (ONLINE = True, or CVC_ONLINE=1).")
+
+    def check(sock: socket.socket, address: Any) -> None:
+        if not _network_allowed and sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_local(address[0]):
+            refuse(address[0], address[1])
+
+    def guarded_connect(self: socket.socket, address: Any) -> None:
+        check(self, address)
+        return connect(self, address)
+
+    def guarded_connect_ex(self: socket.socket, address: Any) -> int:
+        check(self, address)
+        return connect_ex(self, address)
+
+    def guarded_getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if not _network_allowed and not _is_local(host.decode() if isinstance(host, bytes) else host):
+            refuse(host, port)
+        return getaddrinfo(host, port, *args, **kwargs)
+
+    for guarded in (guarded_connect, guarded_connect_ex, guarded_getaddrinfo):
+        guarded._cvc_guard = True  # type: ignore[attr-defined]
+    socket.socket.connect = guarded_connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = guarded_connect_ex  # type: ignore[method-assign]
+    socket.getaddrinfo = guarded_getaddrinfo
+    return True
+
+
+class network_allowed:  # noqa: N801 (used as a context manager: `with network_allowed():`)
+    """Let this block reach other machines although :func:`block_network` is on."""
+
+    def __enter__(self) -> None:
+        global _network_allowed
+        self._previous, _network_allowed = _network_allowed, True
+
+    def __exit__(self, *exc: object) -> None:
+        global _network_allowed
+        _network_allowed = self._previous
+
+
 def setup(offline: bool = True, threads: int | None = None, quiet: bool = True) -> dict[str, Any]:
     """Make this process offline-safe and give torch the right number of threads.
 
@@ -67,6 +159,9 @@ def setup(offline: bool = True, threads: int | None = None, quiet: bool = True) 
             (``import ultralytics`` sets ``OMP_NUM_THREADS=1``, which made torch ~1.7x slower
             here: setting the thread count explicitly undoes that.)
         quiet: silence ultralytics' banner and settings messages.
+
+        With ``CVC_BLOCK_NETWORK=1`` in the environment, offline also means :func:`block_network`:
+        a connection to another machine raises :class:`NetworkBlockedError` instead of hanging.
 
     Returns:
         A dict with ``offline``, ``threads``, ``torch_home`` and ``yolo_config_dir``.
@@ -81,6 +176,8 @@ def setup(offline: bool = True, threads: int | None = None, quiet: bool = True) 
     if offline:
         os.environ.update(OFFLINE_ENV)
         os.environ["YOLO_CONFIG_DIR"] = str(_ultralytics_config_dir(cache_dir))
+        if os.environ.get(NETWORK_GUARD_ENV) == "1":
+            block_network()
     if quiet:
         os.environ.setdefault("YOLO_VERBOSE", "False")
     # torch.hub reads TORCH_HOME; make the default explicit so lessons can say where weights go.

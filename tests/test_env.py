@@ -31,3 +31,63 @@ def test_environment_report_names_versions_and_machine():
     assert report["versions"]["torch"] == torch.__version__.split("+")[0]
     assert report["machine"]["cores"] >= 1
     assert env.package_versions(("no-such-package-xyz",)) == {"no-such-package-xyz": None}
+
+
+_GUARD_PROBE = r"""
+import socket
+from cvhelpers.env import NetworkBlockedError, network_allowed, setup
+setup()
+print("guard", getattr(socket.socket.connect, "_cvc_guard", False))
+for attempt in (lambda: socket.create_connection(("203.0.113.1", 80), timeout=1),  # TEST-NET-3
+                lambda: socket.getaddrinfo("example.com", 443)):
+    try:
+        attempt()
+        print("NOT BLOCKED")
+    except NetworkBlockedError as err:
+        print("blocked:", err)
+    except OSError:
+        print("NOT BLOCKED")  # tried, and the network said no: the guard did not stop it
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen()
+socket.create_connection(("127.0.0.1", server.getsockname()[1]), timeout=2).close()
+print("loopback ok")
+with network_allowed():
+    try:
+        socket.create_connection(("203.0.113.1", 80), timeout=0.2).close()
+        print("allowed through")
+    except NetworkBlockedError:
+        print("NOT ALLOWED")
+    except OSError:
+        print("allowed through")  # the attempt was made (and failed: no route from here)
+"""
+
+
+def _probe(tmp_path, **extra_env):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("CVC_BLOCK_NETWORK", "CVC_ONLINE")}
+    env.update(CVC_CACHE_DIR=str(tmp_path), **extra_env)
+    done = subprocess.run([sys.executable, "-c", _GUARD_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_runners_network_guard_refuses_other_machines_and_keeps_loopback(tmp_path):
+    out = _probe(tmp_path, CVC_BLOCK_NETWORK="1")
+    assert "guard True" in out and out.count("blocked:") == 2 and "NOT BLOCKED" not in out
+    assert "203.0.113.1:80" in out and "CVC_ONLINE=1" in out  # the message says what and how
+    assert "loopback ok" in out and "allowed through" in out
+
+
+def test_without_the_variable_setup_installs_no_guard(tmp_path):
+    out = _probe(tmp_path)
+    assert "guard False" in out and "blocked:" not in out
+
+
+def test_the_switch_reads_the_parameter_then_the_environment(monkeypatch):
+    monkeypatch.delenv(env.ONLINE_ENV, raising=False)
+    assert env.online() is False and env.online(True) is True
+    monkeypatch.setenv(env.ONLINE_ENV, "yes")
+    assert env.online() is True and env.online(False) is False

@@ -74,6 +74,12 @@ def run_worker(notebook: Path, executed: Path, parameters: dict[str, Any], statu
     # Progress bars are for people: in a recorded run each refresh would become a line of output
     # (thousands per epoch). The epoch lines that fit() prints stay.
     os.environ.setdefault("TQDM_DISABLE", "1")
+    # A recorded run proves the course offline: with the download switch off, the kernel refuses
+    # any connection off this machine (cvhelpers.env.block_network, installed by setup()).
+    from cvhelpers.env import NETWORK_GUARD_ENV, online
+
+    if not online():
+        os.environ.setdefault(NETWORK_GUARD_ENV, "1")
     status: dict[str, Any] = {"status": "ok", "error": None}
     try:
         papermill.execute_notebook(

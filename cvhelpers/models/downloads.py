@@ -40,14 +40,14 @@ from typing import Any
 
 import torch
 
+from cvhelpers.env import ONLINE_ENV, network_allowed, online
+
 __all__ = ["DEFAULT_TIMEOUT_S", "MIRROR_ENV", "ONLINE_ENV", "DownloadError", "WeightsNotCachedError",
            "cached_weights_path", "ensure_hub_file", "ensure_smp_encoder_weights", "ensure_torchvision_weights", "fetch", "mirrored", "online",
            "ultralytics_asset_url", "ultralytics_weights"]
 
-ONLINE_ENV = "CVC_ONLINE"
 MIRROR_ENV = "CVC_DOWNLOAD_MIRROR"
 DEFAULT_TIMEOUT_S = 60.0
-_TRUE = {"1", "true", "yes", "on"}
 
 
 class WeightsNotCachedError(FileNotFoundError):
@@ -57,14 +57,6 @@ class WeightsNotCachedError(FileNotFoundError):
 class DownloadError(RuntimeError):
     """A download was attempted and failed: network error, timeout, or a file that is not what
     it should be (hash mismatch, not a checkpoint). Nothing is left in the cache."""
-
-
-def online(value: bool | None = None) -> bool:
-    """The switch: ``value`` when given (a notebook's ``ONLINE`` parameter), else whether
-    ``$CVC_ONLINE`` is ``1``/``true``/``yes``/``on``; off otherwise."""
-    if value is not None:
-        return bool(value)
-    return os.environ.get(ONLINE_ENV, "").strip().lower() in _TRUE
 
 
 _online_switch = online  # for functions whose own parameter is called ``online``
@@ -121,7 +113,7 @@ def fetch(url: str, path: str | Path, *, what: str, offline_hint: str, online_sw
     source = mirrored(url)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with _socket_timeout(timeout_s):
+        with _socket_timeout(timeout_s), network_allowed():
             torch.hub.download_url_to_file(source, str(path), hash_prefix=hash_prefix, progress=progress)
     except (OSError, urllib.error.URLError, http.client.HTTPException) as err:
         path.unlink(missing_ok=True)
@@ -260,7 +252,7 @@ def ensure_hub_file(repo_id: str, filename: str, revision: str, online: bool | N
     mirror = os.environ.get(MIRROR_ENV)
     endpoint = f"{mirror.rstrip('/')}/huggingface.co" if mirror else None
     try:
-        with _hub_online(timeout_s):
+        with _hub_online(timeout_s), network_allowed():
             path = Path(hf_hub_download(repo_id, filename, revision=revision, endpoint=endpoint,
                                         etag_timeout=timeout_s))
     except Exception as err:  # httpx / hub errors: one clear message, the original chained
