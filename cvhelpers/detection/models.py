@@ -113,7 +113,7 @@ def faster_rcnn_lite0(num_classes: int, pretrained: bool = True, min_size: int =
             predictor has ``num_classes + 1`` outputs and predicts labels ``1..num_classes``.
         pretrained: ImageNet backbone (offline weights) or random initialisation.
         min_size: images are resized to this (and at most this) before the backbone; 320 for
-            160 px scenes, so the smallest 16 px objects cover two stride-8 cells.
+            160 px scenes, so the smallest 16 px objects (32 px there) span four stride-8 cells.
         anchor_sizes: one tuple of sizes (pixels *at the model's input size*) per FPN level
             (strides 8, 16, 32); aspect_ratios: height / width, shared by all levels.
         trainable_blocks, fpn_channels: see :func:`lite0_fpn_backbone`.
