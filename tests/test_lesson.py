@@ -159,3 +159,16 @@ def test_recipe_cells_need_nothing_they_do_not_name(path):
         assert not missing, (f"{path.stem}: the recipe '{text.splitlines()[0]}' uses "
                              f"{sorted(missing)} from earlier cells: import them, or list them "
                              f"as '# Needs: name (what it is)'")
+
+
+def test_project_root_is_found_from_a_student_copy_folder(tmp_path):
+    from cvhelpers.course.lesson import project_root
+
+    repo = tmp_path / "course"
+    (repo / "cvhelpers").mkdir(parents=True)
+    (repo / "pyproject.toml").write_text("")
+    student = repo / "build" / "smoke-student" / "src"
+    student.mkdir(parents=True)
+    assert project_root(student) == repo and project_root(repo) == repo
+    # outside any checkout: the folder above the imported package, which holds the scripts
+    assert (project_root(tmp_path) / "scripts" / "ddp_train.py").is_file()

@@ -33,7 +33,7 @@ from typing import Any
 from cvhelpers.course.results import Recorder
 from cvhelpers.env import pick_device, seed_everything, setup
 
-__all__ = ["PROFILES", "Lesson", "profile_value", "start_lesson"]
+__all__ = ["PROFILES", "Lesson", "profile_value", "project_root", "start_lesson"]
 
 PROFILES = ("smoke", "full")
 
@@ -104,6 +104,21 @@ class Lesson:
     def __repr__(self) -> str:
         return (f"Lesson({self.name!r}, profile={self.profile!r}, device={str(self.device)!r}, "
                 f"seed={self.seed}, out={str(self.out)!r})")
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The course's repository folder, for the scripts a lesson runs (``deploy/``, ``scripts/``).
+
+    The nearest folder at or above ``start`` (default: the working directory, a notebook's own
+    folder) that holds both ``pyproject.toml`` and ``cvhelpers/``; so a student copy in
+    ``build/student/`` finds the same scripts as ``notebooks/``. Else the folder above the
+    imported ``cvhelpers`` package (an editable install).
+    """
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "cvhelpers").is_dir():
+            return folder
+    return Path(__file__).resolve().parents[2]
 
 
 def start_lesson(name: str, params: MutableMapping[str, Any], offline: bool = True) -> Lesson:
