@@ -11,13 +11,15 @@ PIP_FLAGS ?=
 ROOT_KEY := $(shell printf '%s' "$(CURDIR)" | cksum | cut -d' ' -f1)
 # The venv is keyed on the pins: change requirements.txt/constraints.txt and it is rebuilt.
 REQ_KEY := $(shell cat requirements.txt constraints.txt | sha256sum | cut -c1-16)
+# Detectron2 (v0.6 from PyPI's pb1-detectron2 sdist, pure Python) has its own pins and stamp.
+D2_KEY := $(shell cat constraints-detectron2.txt tools/install_detectron2.py | sha256sum | cut -c1-16)
 # Debian packages with offline data: Fashion-MNIST, real photos with VOC/COCO labels, and
 # OpenCV's sample photos (more real photos with known ImageNet classes); Chromium tests the website.
 APT_PACKAGES ?= dataset-fashion-mnist labelme-examples opencv-doc chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: help venv system-data data course test unit notebooks lab clean site student student-smoke site-check record time-lines
+.PHONY: help venv detectron2 system-data data course test unit notebooks lab clean site student student-smoke site-check record time-lines
 
 help:
 	@echo "make course   run every notebook in its full profile -> $(BUILD)/results.{json,md}"
@@ -25,6 +27,7 @@ help:
 	@echo "make lab      open JupyterLab on the course"
 	@echo "make site     the course website from make course's outputs -> $(BUILD)/site"
 	@echo "make student  student copies of the notebooks (solutions removed) -> $(BUILD)/student"
+	@echo "make detectron2  install Detectron2 v0.6 (pure Python, pinned) into the venv (make data does)"
 	@echo "make record   commit make course's results as docs/results/ and render the Time lines"
 	@echo "options: NB=\"00 01\" (subset)  VENV=path (default .venv)"
 
@@ -42,6 +45,13 @@ $(VENV)/.cvhelpers-$(ROOT_KEY): $(VENV)/.installed-$(REQ_KEY) pyproject.toml
 
 venv: $(VENV)/.cvhelpers-$(ROOT_KEY)
 
+$(VENV)/.detectron2-$(D2_KEY): $(VENV)/.installed-$(REQ_KEY)
+	$(PY) tools/install_detectron2.py
+	rm -f $(VENV)/.detectron2-*
+	touch $@
+
+detectron2: $(VENV)/.detectron2-$(D2_KEY)
+
 system-data:
 	@if command -v apt-get >/dev/null && command -v dpkg >/dev/null; then \
 	  missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -52,7 +62,7 @@ system-data:
 	  fi; \
 	fi
 
-data: venv system-data
+data: venv detectron2 system-data
 	$(PY) -m cvhelpers.data.prepare --root datasets
 
 unit: data

@@ -376,14 +376,16 @@ def show_confused_pair(images: Any, true_labels: Any, pred_labels: Any, pair: tu
 
 
 def plot_data_flow(stages: Sequence[tuple[str, Sequence[int]]], skips: Sequence[tuple[int, int]] = (),
-                   title: str = "Data flow") -> Figure:
+                   title: str = "Data flow", skip_label: str = "skip: copied, then concatenated") -> Figure:
     """A network's data flow as a diagram: one box per stage, placed by resolution.
 
     Each stage is ``(name, (channels, height, width))`` in the order the forward pass visits
     them; a box's width grows with its channels and its row is its resolution (halving the
     size moves one row down), so an encoder-decoder draws its own "U". ``skips`` are pairs of
     stage indices joined by a dashed arrow (a U-Net's copy-and-concatenate, an FPN's lateral).
-    :func:`cvhelpers.segmentation.unet.unet_data_flow` traces a U-Net's stages.
+    :func:`cvhelpers.segmentation.unet.unet_data_flow` traces a U-Net's stages,
+    :func:`cvhelpers.detection.models.fpn_data_flow` a feature pyramid's; ``skip_label`` names
+    the dashed arrows in the legend.
 
     Returns:
         A figure with one axis: x is the order in the forward pass, y the feature map's size in
@@ -412,7 +414,7 @@ def plot_data_flow(stages: Sequence[tuple[str, Sequence[int]]], skips: Sequence[
         ax.add_patch(FancyArrowPatch((ax_ + aw / 2, ay + 0.2), (bx - bw / 2, by + 0.2), arrowstyle="-|>",
                                      mutation_scale=10, linestyle="--", color="tab:red",
                                      connectionstyle="arc3,rad=-0.08"))
-    ax.plot([], [], "--", color="tab:red", label="skip: copied, then concatenated")
+    ax.plot([], [], "--", color="tab:red", label=skip_label)
     ax.legend(loc="lower right", fontsize=8)
     unique = sorted(set(zip(levels, sizes)))
     ax.set_yticks([-1.4 * lv for lv, _ in unique], [f"{s} px" for _, s in unique])

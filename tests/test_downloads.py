@@ -17,6 +17,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -255,3 +256,34 @@ def test_a_corrupt_hub_file_is_rejected_and_removed(server, hub_cache):
     from huggingface_hub import try_to_load_from_cache
 
     assert not isinstance(try_to_load_from_cache("course/broken", "model.safetensors", revision=revision), str)
+
+
+@local_server
+def test_detectron2_zoo_checkpoint_goes_to_a_local_file_detectron2_can_load(server, torch_home):
+    from cvhelpers.detection import d2compat
+
+    if not d2compat.detectron2_available():
+        pytest.skip("Detectron2 is not installed (make detectron2)")
+    import pickle
+
+    from cvhelpers.detection.detectron2 import DETECTRON2_ZOO_URL, detectron2_zoo_weights
+
+    config = "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
+    with pytest.raises(dl.WeightsNotCachedError, match="cfg.MODEL.WEIGHTS"):
+        detectron2_zoo_weights(config, online=False)
+    from detectron2 import model_zoo
+
+    url = model_zoo.get_checkpoint_url(config)
+    assert url.startswith(DETECTRON2_ZOO_URL) and url.endswith(".pkl")
+    mirror_path = "/" + url.split("://", 1)[1]
+    server.files[mirror_path] = b"<html>a login page</html>"
+    with pytest.raises(dl.DownloadError, match="not a Detectron2 checkpoint"):
+        detectron2_zoo_weights(config, online=True, progress=False)
+    server.files[mirror_path] = pickle.dumps({"model": {"w": np.zeros(2)}, "__author__": "test"}, protocol=2)
+    path = detectron2_zoo_weights(config, online=True, progress=False)
+    assert path.is_relative_to(torch_home) and path.read_bytes() == server.files[mirror_path]
+    assert detectron2_zoo_weights(config, online=False) == path  # cached: no switch needed
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    loaded = DetectionCheckpointer(torch.nn.Linear(1, 1))._load_file(str(path))  # Detectron2 reads it
+    assert "w" in loaded["model"]

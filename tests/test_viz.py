@@ -191,3 +191,24 @@ def test_unet_data_flow_traces_every_stage_and_pairs_skips_of_equal_size():
     fig = plot_data_flow(stages, skips, title="U-Net")
     ax = fig.axes[0]
     assert ax.get_title() == "U-Net" and "px" in ax.get_yticklabels()[0].get_text()
+
+
+def test_fpn_data_flow_pairs_each_lite0_stage_with_its_pyramid_level():
+    from cvhelpers.detection.models import LITE0_CHANNELS, fpn_data_flow, lite0_fpn_backbone
+    from cvhelpers.viz import plot_data_flow
+
+    backbone = lite0_fpn_backbone(pretrained=False, out_channels=16).train()
+    stages, laterals = fpn_data_flow(backbone, torch.zeros(1, 3, 64, 64))
+    assert [n for n, _ in stages] == ["input", "C3 (stride 8)", "C4 (stride 16)", "C5 (stride 32)", "P5", "P4", "P3"]
+    shapes = dict(stages)
+    assert [shapes[f"C{3 + i} (stride {s})"] for i, s in enumerate((8, 16, 32))] == [
+        (c, 64 // s, 64 // s) for c, s in zip(LITE0_CHANNELS, (8, 16, 32))]
+    assert shapes["P3"] == (16, 8, 8) and shapes["P5"] == (16, 2, 2)
+    assert backbone.training
+    with torch.no_grad():  # the traced pyramid is what the backbone returns
+        out = backbone.eval()(torch.zeros(1, 3, 64, 64))
+    assert [tuple(v.shape[1:]) for v in out.values()] == [shapes["P3"], shapes["P4"], shapes["P5"]]
+    for c, p in laterals:  # a lateral joins a C stage and the P level of its size
+        assert stages[c][1][1:] == stages[p][1][1:] and stages[p][0] == "P" + stages[c][0][1]
+    fig = plot_data_flow(stages, laterals, title="FPN", skip_label="lateral: 1x1 conv, then added")
+    assert fig.axes[0].get_legend().get_texts()[0].get_text() == "lateral: 1x1 conv, then added"

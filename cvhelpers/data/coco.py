@@ -44,6 +44,8 @@ class AnnotatedImage:
         masks: ``bool`` ``N x H x W`` visible part of each instance, or ``None`` (boxes only).
         file_name: Image file name relative to the images folder (``"000001.png"``).
         iscrowd: ``bool`` ``N`` COCO crowd flags, or ``None`` meaning all ``False``.
+        difficult, truncated: ``bool`` ``N`` Pascal VOC flags (:mod:`cvhelpers.data.voc`), or
+            ``None`` (not recorded).
     """
 
     image: np.ndarray
@@ -52,6 +54,8 @@ class AnnotatedImage:
     masks: np.ndarray | None = None
     file_name: str = ""
     iscrowd: np.ndarray | None = None
+    difficult: np.ndarray | None = None
+    truncated: np.ndarray | None = None
 
     @property
     def semantic(self) -> np.ndarray:

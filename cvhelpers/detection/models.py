@@ -25,7 +25,7 @@ from cvhelpers.models.freezing import freeze_batchnorm
 from cvhelpers.models.pretrained import LITE0_ARCH, LITE0_MEAN, LITE0_STD, load_lite0_weights
 
 __all__ = ["LITE0_STRIDES", "LITE0_CHANNELS", "DEFAULT_ANCHOR_SIZES", "DEFAULT_ASPECT_RATIOS",
-           "Lite0FPN", "lite0_fpn_backbone", "faster_rcnn_lite0", "mask_rcnn_lite0"]
+           "Lite0FPN", "lite0_fpn_backbone", "fpn_data_flow", "faster_rcnn_lite0", "mask_rcnn_lite0"]
 
 #: Output strides and channels of the Lite0 stages the FPN reads (timm out_indices 2, 3, 4).
 LITE0_STRIDES = (8, 16, 32)
@@ -84,6 +84,34 @@ def lite0_fpn_backbone(pretrained: bool = True, trainable_blocks: int = 4,
         for i in range(max(0, len(body.blocks) - trainable_blocks)):
             body.blocks[i] = freeze_batchnorm(body.blocks[i].requires_grad_(False))
     return Lite0FPN(body, out_channels)
+
+
+def fpn_data_flow(backbone: Lite0FPN, x: torch.Tensor) -> tuple[list[tuple[str, tuple[int, int, int]]], list[tuple[int, int]]]:
+    """The stages a :class:`Lite0FPN` passes ``x`` (``1 x 3 x H x W``) through, with their output
+    shapes, and its lateral connections: the input to :func:`cvhelpers.viz.plot_data_flow`.
+
+    Bottom-up, Lite0's stages C3, C4, C5 (strides 8, 16, 32); top-down, the pyramid P5, P4, P3,
+    each the 1x1 "lateral" projection of its C level plus the upsampled level above, smoothed by a
+    3x3 convolution (torchvision's ``FeaturePyramidNetwork``). Shapes are measured by running
+    ``x`` through the module, not computed from the strides.
+
+    Returns:
+        ``(stages, laterals)``: ``[("input", (3, H, W)), ("C3 (stride 8)", ...), ..., ("P3", ...)]``
+        and the ``(C stage, P stage)`` index pairs.
+    """
+    was_training = backbone.training
+    with torch.no_grad():
+        backbone.eval()
+        features = backbone.body(x)
+        pyramid = backbone.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
+    backbone.train(was_training)
+    bottom_up = [(f"C{3 + i} (stride {s})", tuple(f.shape[1:])) for i, (f, s) in enumerate(zip(features, LITE0_STRIDES))]
+    levels = list(pyramid.values())
+    top_down = [(f"P{3 + i}", tuple(levels[i].shape[1:])) for i in reversed(range(len(levels)))]
+    stages = [("input", tuple(x.shape[1:])), *bottom_up, *top_down]
+    n = len(features)
+    laterals = [(1 + i, 2 * n - i) for i in range(n)]  # C3 -> P3 (last), ..., C5 -> P5 (first of top-down)
+    return stages, laterals  # type: ignore[return-value]
 
 
 def _detector_kwargs(min_size: int, anchor_sizes: Sequence[Sequence[float]],
