@@ -13,13 +13,19 @@ ROOT_KEY := $(shell printf '%s' "$(CURDIR)" | cksum | cut -d' ' -f1)
 REQ_KEY := $(shell cat requirements.txt constraints.txt | sha256sum | cut -c1-16)
 # Detectron2 (v0.6 from PyPI's pb1-detectron2 sdist, pure Python) has its own pins and stamp.
 D2_KEY := $(shell cat constraints-detectron2.txt tools/install_detectron2.py | sha256sum | cut -c1-16)
+# The edge converters (LiteRT, ExecuTorch, Core ML) cannot live beside the course pins: their own
+# venv, keyed on its own pins; notebooks and tests find it through $CVC_EDGE_PYTHON. EDGE=0 skips it.
+EDGE ?= 1
+EDGE_VENV ?= .venv-edge
+EDGE_KEY := $(shell cat requirements-edge.txt constraints-edge.txt | sha256sum | cut -c1-16)
+export CVC_EDGE_PYTHON := $(abspath $(EDGE_VENV))/bin/python
 # Debian packages with offline data: Fashion-MNIST, real photos with VOC/COCO labels, and
 # OpenCV's sample photos (more real photos with known ImageNet classes); Chromium tests the website.
 APT_PACKAGES ?= dataset-fashion-mnist labelme-examples opencv-doc chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: help venv detectron2 system-data data course test unit notebooks lab clean site student student-smoke site-check record time-lines
+.PHONY: help venv detectron2 edge system-data data course test unit notebooks lab clean site student student-smoke site-check record time-lines
 
 help:
 	@echo "make course   run every notebook in its full profile -> $(BUILD)/results.{json,md}"
@@ -28,8 +34,9 @@ help:
 	@echo "make site     the course website from make course's outputs -> $(BUILD)/site"
 	@echo "make student  student copies of the notebooks (solutions removed) -> $(BUILD)/student"
 	@echo "make detectron2  install Detectron2 v0.6 (pure Python, pinned) into the venv (make data does)"
+	@echo "make edge     the edge tool venv (LiteRT, ExecuTorch, Core ML converters; EDGE=0 skips it)"
 	@echo "make record   commit make course's results as docs/results/ and render the Time lines"
-	@echo "options: NB=\"00 01\" (subset)  VENV=path (default .venv)"
+	@echo "options: NB=\"00 01\" (subset)  VENV=path (default .venv)  EDGE_VENV=path (default .venv-edge)"
 
 $(VENV)/.installed-$(REQ_KEY):
 	test -x $(PY) || $(PYTHON3) -m venv $(VENV)
@@ -52,6 +59,14 @@ $(VENV)/.detectron2-$(D2_KEY): $(VENV)/.installed-$(REQ_KEY)
 
 detectron2: $(VENV)/.detectron2-$(D2_KEY)
 
+$(EDGE_VENV)/.installed-$(EDGE_KEY):
+	test -x $(EDGE_VENV)/bin/python || $(PYTHON3) -m venv $(EDGE_VENV)
+	$(EDGE_VENV)/bin/python -m pip --disable-pip-version-check install $(PIP_FLAGS) -q -r requirements-edge.txt -c constraints-edge.txt
+	rm -f $(EDGE_VENV)/.installed-*
+	touch $@
+
+edge: $(if $(filter 1,$(EDGE)),$(EDGE_VENV)/.installed-$(EDGE_KEY))
+
 system-data:
 	@if command -v apt-get >/dev/null && command -v dpkg >/dev/null; then \
 	  missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -62,7 +77,7 @@ system-data:
 	  fi; \
 	fi
 
-data: venv detectron2 system-data
+data: venv detectron2 edge system-data
 	$(PY) -m cvhelpers.data.prepare --root datasets
 
 unit: data

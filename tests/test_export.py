@@ -25,7 +25,7 @@ from PIL import Image
 from cvhelpers.data.fashion_mnist import (CLASS_NAMES, MEAN, STD, load_fashion_mnist, to_tensor_dataset)
 from cvhelpers.data.scenes import generate_scenes
 from cvhelpers.deploy.runtime import (compare_with_pytorch, ort_session, run_session, session_accuracy)
-from cvhelpers.deploy.export import (ExportMetadata, cpu_has_vnni, export_coreml, export_onnx, export_tflite, export_torchscript, op_counts, quantize_int8, read_metadata)
+from cvhelpers.deploy.export import (ExportMetadata, cpu_has_vnni, export_onnx, export_torchscript, op_counts, quantize_int8, read_metadata)
 from cvhelpers.models.cnn import SmallCNN
 from cvhelpers.train.engine import fit
 from cvhelpers.data.loading import make_loader
@@ -218,33 +218,7 @@ def test_torchscript_legacy_paths_match(trained, fmnist, tmp_path):
             torch.testing.assert_close(loaded(x), expected, rtol=0, atol=1e-5)
 
 
-# ------------------------------------------------------------------------- mobile converters
-def test_coreml_conversion(tmp_path):
-    ct = pytest.importorskip("coremltools", reason="coremltools is not in the course pins: "
-                             "pip install coremltools==9.0 to run this")
-    model = SmallCNN().eval()
-    path = export_coreml(model, tmp_path / "smallcnn.mlpackage", torch.rand(1, 1, 28, 28))
-    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
-    assert list(spec.description.input[0].type.multiArrayType.shape) == [1, 1, 28, 28]
-    assert list(spec.description.output[0].type.multiArrayType.shape) == [1, 10]
-
-
-def test_tflite_conversion(tmp_path):
-    pytest.importorskip("litert_torch", reason="litert-torch conflicts with the course pins "
-                        "(typing_extensions); install it in its own venv to run this")
-    from ai_edge_litert.interpreter import Interpreter
-
-    torch.manual_seed(0)
-    model = SmallCNN().eval()
-    x = torch.rand(2, 1, 28, 28)
-    path = export_tflite(model, tmp_path / "smallcnn.tflite", x)
-    interpreter = Interpreter(model_path=str(path))
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x.numpy())
-    interpreter.invoke()
-    output = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-    with torch.inference_mode():
-        assert np.abs(output - model(x).numpy()).max() <= TOLERANCE
+# mobile converters: LiteRT, ExecuTorch and Core ML run in the edge tool venv (tests/test_edge.py)
 
 
 # --------------------------------------------------------------------------- deployment recipe

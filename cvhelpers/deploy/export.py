@@ -36,7 +36,7 @@ from cvhelpers.models.freezing import eval_mode
 __all__ = [
     "ExportMetadata", "export_onnx", "write_metadata", "read_metadata", "onnx_opset",
     "export_torchscript", "export_yolo_onnx", "ImageCalibrationReader", "quantize_int8",
-    "cpu_has_vnni", "op_counts", "export_coreml", "export_tflite",
+    "cpu_has_vnni", "op_counts",
 ]
 
 #: Keys every course ONNX file carries in ``metadata_props`` (values are JSON strings).
@@ -377,43 +377,3 @@ def op_counts(path: str | Path) -> Counter:
 
     model = onnx.load(str(path), load_external_data=False)
     return Counter(node.op_type for node in model.graph.node)
-
-
-# ------------------------------------------------------------------------- mobile converters
-def export_coreml(model: nn.Module, path: str | Path, example_input: torch.Tensor) -> Path:
-    """Convert to a Core ML ``.mlpackage`` with ``coremltools`` (from ``torch.export``).
-
-    Conversion runs on Linux too; *running* the package needs macOS/iOS. Needs
-    ``pip install coremltools`` (not in the course's pins; see the notebook for the version
-    tried). Raises ``ImportError`` with that hint when it is missing.
-    """
-    try:
-        import coremltools as ct
-    except ImportError as err:
-        raise ImportError("Core ML conversion needs coremltools: pip install coremltools") from err
-    with eval_mode(model):
-        exported = torch.export.export(model, (example_input,)).run_decompositions({})
-        mlmodel = ct.convert(exported, convert_to="mlprogram",
-                             minimum_deployment_target=ct.target.iOS17)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mlmodel.save(str(path))
-    return path
-
-
-def export_tflite(model: nn.Module, path: str | Path, example_input: torch.Tensor) -> Path:
-    """Convert to a TFLite/LiteRT ``.tflite`` file with ``litert_torch`` (ex ``ai_edge_torch``).
-
-    Needs ``pip install litert-torch`` (not in the course's pins). LiteRT models take NHWC
-    on device, but the converter keeps the PyTorch NCHW signature by inserting transposes.
-    """
-    try:
-        import litert_torch
-    except ImportError as err:
-        raise ImportError("TFLite conversion needs litert-torch: pip install litert-torch") from err
-    with eval_mode(model):
-        edge_model = litert_torch.convert(model, (example_input,))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    edge_model.export(str(path))
-    return path
