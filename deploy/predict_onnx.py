@@ -1,8 +1,8 @@
-"""Classify one image file with an exported ONNX classifier, using only onnxruntime, numpy, pillow.
+"""Run an exported ONNX model (classifier, detector, segmenter) on one image file: onnxruntime, numpy, pillow.
 
 Usage::
 
-    python predict_onnx.py IMAGE MODEL.onnx [--top 3] [--json]
+    python predict_onnx.py IMAGE MODEL.onnx [--top 3] [--score 0.5] [--mask-out MASK.png] [--json]
 
     pip install onnxruntime numpy pillow      # all this file needs: no torch, no cvhelpers
 
@@ -14,9 +14,14 @@ ONNX file's ``metadata_props`` (JSON strings), which ONNX Runtime reads back as
 ``input_name``        the graph input, e.g. ``"image"``
 ``input_shape``       ``[C, H, W]`` of one image, e.g. ``[1, 28, 28]``
 ``color_mode``        ``"L"`` (grey, 1 channel) or ``"RGB"`` (3 channels, that order)
-``resize``            ``"stretch"`` (to H x W) or ``"shorter_side_crop"`` (+ ``crop_pct``)
+``resize``            ``"stretch"`` (to H x W), ``"shorter_side_crop"`` (+ ``crop_pct``) or
+                      ``"letterbox"`` (longer side to the size, centred on grey 114 padding)
 ``mean``, ``std``     per-channel normalisation of pixels scaled to [0, 1]
-``class_names``       one name per output logit
+``class_names``       one name per output logit (segmentation: per output channel,
+                      background first; detection: the object classes, labels 0-based)
+``task``              ``"classification"`` (top classes), ``"detection"`` (boxes, scores,
+                      labels, mapped back to the image's own pixels), ``"segmentation"``
+                      (a class-id mask at the image's own size, and each class's pixel share)
 ====================  =========================================================
 
 What happens to an image (each step is a documented conversion, or a clear ``InputError``):
@@ -30,7 +35,10 @@ What happens to an image (each step is a documented conversion, or a clear ``Inp
   three channels; a colour image given to a grey model is converted with PIL's luma formula
   (``L = 0.299 R + 0.587 G + 0.114 B``);
 * resized with bilinear filtering (bicubic for ``shorter_side_crop``), scaled to [0, 1],
-  normalised with ``mean``/``std``, laid out ``1 x C x H x W`` float32.
+  normalised with ``mean``/``std``, laid out ``1 x C x H x W`` float32. A letterboxed
+  image is scaled so its longer side fits, centred, and padded with grey 114 (the same
+  arithmetic as ``cvhelpers.data.owndata.letterbox``); boxes and masks are mapped back
+  through that scale and padding.
 """
 
 from __future__ import annotations
@@ -47,6 +55,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 REQUIRED_KEYS = ("input_name", "input_shape", "color_mode", "mean", "std", "class_names")
 WHITE = (255, 255, 255)
+LETTERBOX_FILL = 114
+TASKS = ("classification", "detection", "segmentation")
 
 
 class InputError(ValueError):
@@ -78,8 +88,8 @@ def load_model(path: str | Path, threads: int | None = None) -> tuple[ort.Infere
             meta[key] = json.loads(value)
         except json.JSONDecodeError:
             meta[key] = value
-    if meta.get("task", "classification") != "classification":
-        raise InputError(f"{path}: a {meta['task']} model; this recipe runs classifiers only")
+    if meta.get("task", "classification") not in TASKS:
+        raise InputError(f"{path}: task {meta['task']!r} in the metadata; this recipe runs {TASKS}")
     return session, meta
 
 
@@ -122,9 +132,25 @@ def array_to_image(array: np.ndarray, channel_order: str = "RGB") -> Image.Image
     return Image.fromarray(np.ascontiguousarray(array))
 
 
-def preprocess(image: Image.Image | np.ndarray, meta: dict[str, Any],
-               channel_order: str = "RGB") -> np.ndarray:
-    """One image (PIL or uint8 array) -> the ``1 x C x H x W`` float32 array the model takes."""
+def letterbox_image(image: Image.Image, width: int, height: int) -> tuple[Image.Image, float, tuple[int, int]]:
+    """Scale ``image`` so it fits ``width x height`` with its aspect ratio kept, centred on grey.
+
+    Returns ``(image, scale, (pad_x, pad_y))``: original pixel ``(x, y)`` lands at
+    ``(x * scale + pad_x, y * scale + pad_y)``.
+    """
+    scale = min(width / image.width, height / image.height)
+    new_w, new_h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    pad_x, pad_y = (width - new_w) // 2, (height - new_h) // 2
+    fill = LETTERBOX_FILL if image.mode == "L" else (LETTERBOX_FILL,) * 3
+    canvas = Image.new(image.mode, (width, height), fill)
+    canvas.paste(image.resize((new_w, new_h), Image.Resampling.BILINEAR), (pad_x, pad_y))
+    return canvas, scale, (pad_x, pad_y)
+
+
+def prepare_input(image: Image.Image | np.ndarray, meta: dict[str, Any],
+                  channel_order: str = "RGB") -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`preprocess`, and how the image was moved: ``{"size": (W, H), "scale", "pad"}``
+    (``scale``/``pad`` only for ``resize="letterbox"``)."""
     if not isinstance(image, Image.Image):
         image = array_to_image(image, channel_order)
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
@@ -132,12 +158,16 @@ def preprocess(image: Image.Image | np.ndarray, meta: dict[str, Any],
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE + (255,)), rgba)
     channels, height, width = meta["input_shape"]
     image = image.convert(meta["color_mode"])  # L -> RGB repeats grey; RGB -> L uses luma
-    if meta.get("resize", "stretch") == "shorter_side_crop":
+    moved: dict[str, Any] = {"size": image.size}
+    resize = meta.get("resize", "stretch")
+    if resize == "shorter_side_crop":
         scale = min(height, width) / float(meta.get("crop_pct", 1.0)) / min(image.size)
         size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
         image = image.resize(size, Image.Resampling.BICUBIC)
         left, top = (image.width - width) // 2, (image.height - height) // 2
         image = image.crop((left, top, left + width, top + height))
+    elif resize == "letterbox":
+        image, moved["scale"], moved["pad"] = letterbox_image(image, width, height)
     elif image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BILINEAR)
     pixels = np.asarray(image, dtype=np.float32) / 255.0
@@ -145,7 +175,13 @@ def preprocess(image: Image.Image | np.ndarray, meta: dict[str, Any],
     mean = np.asarray(meta["mean"], dtype=np.float32)
     std = np.asarray(meta["std"], dtype=np.float32)
     pixels = (pixels - mean) / std
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None]), moved
+
+
+def preprocess(image: Image.Image | np.ndarray, meta: dict[str, Any],
+               channel_order: str = "RGB") -> np.ndarray:
+    """One image (PIL or uint8 array) -> the ``1 x C x H x W`` float32 array the model takes."""
+    return prepare_input(image, meta, channel_order)[0]
 
 
 def check_model_input(x: np.ndarray, meta: dict[str, Any]) -> None:
@@ -174,6 +210,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def predict(session: ort.InferenceSession, meta: dict[str, Any], image: Image.Image | np.ndarray,
             top: int = 5, channel_order: str = "RGB") -> list[dict[str, Any]]:
     """The ``top`` classes of one image: ``[{"index", "class", "probability"}, ...]``, best first."""
+    _check_task(meta, "classification")
     x = preprocess(image, meta, channel_order)
     check_model_input(x, meta)
     logits = session.run(None, {meta["input_name"]: x})[0][0]
@@ -183,24 +220,90 @@ def predict(session: ort.InferenceSession, meta: dict[str, Any], image: Image.Im
     return [{"index": int(i), "class": names[i], "probability": float(probabilities[i])} for i in order]
 
 
+def _check_task(meta: dict[str, Any], task: str) -> None:
+    if meta.get("task", "classification") != task:
+        raise InputError(f"a {meta.get('task', 'classification')} model; this function runs a {task} model")
+
+
+def predict_detections(session: ort.InferenceSession, meta: dict[str, Any], image: Image.Image | np.ndarray,
+                       score: float = 0.5, channel_order: str = "RGB") -> list[dict[str, Any]]:
+    """A detector's objects scoring at least ``score``: ``[{"class", "index", "score", "box"}]``,
+    best first; ``box`` is ``[x1, y1, x2, y2]`` in the image's own pixels."""
+    _check_task(meta, "detection")
+    x, moved = prepare_input(image, meta, channel_order)
+    check_model_input(x, meta)
+    boxes, scores, labels = session.run(None, {meta["input_name"]: x})[:3]
+    if "scale" in moved:
+        pad = np.array([*moved["pad"], *moved["pad"]], np.float32)
+        boxes = (boxes - pad) / moved["scale"]
+    else:  # stretched: each axis scaled on its own
+        _, height, width = meta["input_shape"]
+        boxes = boxes * np.array([moved["size"][0] / width, moved["size"][1] / height] * 2, np.float32)
+    boxes = np.clip(boxes, 0, [*moved["size"], *moved["size"]])
+    names = meta["class_names"]
+    keep = [i for i in np.argsort(-scores) if scores[i] >= score]
+    return [{"index": int(labels[i]), "class": names[int(labels[i])], "score": float(scores[i]),
+             "box": [round(float(v), 1) for v in boxes[i]]} for i in keep]
+
+
+def predict_segmentation(session: ort.InferenceSession, meta: dict[str, Any], image: Image.Image | np.ndarray,
+                         channel_order: str = "RGB") -> tuple[np.ndarray, dict[str, float]]:
+    """A segmenter's class-id mask at the image's own size (``uint8 H x W``, 0 = background) and
+    each class's share of the pixels (classes that occur)."""
+    _check_task(meta, "segmentation")
+    x, moved = prepare_input(image, meta, channel_order)
+    check_model_input(x, meta)
+    logits = session.run(None, {meta["input_name"]: x})[0][0]
+    mask = logits.argmax(0).astype(np.uint8)
+    width, height = moved["size"]
+    if "scale" in moved:  # cut the padding away before scaling back
+        pad_x, pad_y = moved["pad"]
+        new_w, new_h = max(1, round(width * moved["scale"])), max(1, round(height * moved["scale"]))
+        mask = mask[pad_y:pad_y + new_h, pad_x:pad_x + new_w]
+    mask = np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST))
+    names = list(meta["class_names"])
+    if len(names) == logits.shape[0] - 1:
+        names = ["background", *names]
+    values, counts = np.unique(mask, return_counts=True)
+    shares = {names[v] if v < len(names) else str(v): float(c) / mask.size for v, c in zip(values, counts)}
+    return mask, dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("image", help="image file (PNG, JPEG, ...)")
-    parser.add_argument("model", help="ONNX classifier exported with its metadata")
-    parser.add_argument("--top", type=int, default=3, help="how many classes to print")
+    parser.add_argument("model", help="ONNX model exported with its metadata")
+    parser.add_argument("--top", type=int, default=3, help="classification: how many classes to print")
+    parser.add_argument("--score", type=float, default=0.5, help="detection: the lowest score shown")
+    parser.add_argument("--mask-out", help="segmentation: write the class-id mask to this PNG")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
     try:
         session, meta = load_model(args.model)
-        results = predict(session, meta, read_image(args.image), top=args.top)
+        image = read_image(args.image)
+        task = meta.get("task", "classification")
+        if task == "detection":
+            found = predict_detections(session, meta, image, score=args.score)
+            result: dict[str, Any] = {"objects": found}
+            lines = [f"{o['score']:6.2f}  {o['class']:<16} box {o['box']}" for o in found] \
+                or [f"no object scores {args.score} or more"]
+        elif task == "segmentation":
+            mask, shares = predict_segmentation(session, meta, image)
+            result = {"pixel_share": shares, "mask_size": [mask.shape[1], mask.shape[0]]}
+            if args.mask_out:
+                Image.fromarray(mask).save(args.mask_out)
+                result["mask"] = args.mask_out
+            lines = [f"{share:7.2%}  {name}" for name, share in shares.items()]
+        else:
+            result = {"top": predict(session, meta, image, top=args.top)}
+            lines = [f"{r['probability']:7.2%}  {r['class']}" for r in result["top"]]
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"image": args.image, "model": args.model, "top": results}))
+        print(json.dumps({"image": args.image, "model": args.model, "task": task, **result}))
     else:
-        for r in results:
-            print(f"{r['probability']:7.2%}  {r['class']}")
+        print("\n".join(lines))
     return 0
 
 

@@ -20,6 +20,7 @@ LAYERS = {
     "evaluation": 4,
     "deploy": 5,
     "classification": 6, "detection": 6, "segmentation": 6,
+    "recipes": 7,  # one recipe per task, on top of the task folders (notebook 12)
 }
 #: The course machinery: what it may import from cvhelpers; nothing in the library imports it.
 COURSE_MAY_IMPORT = {"env", "files", "course"}

@@ -28,3 +28,12 @@ def test_the_recorded_curve_is_the_one_the_lesson_describes():
     first = record["first_step_val_miou_0_5"]
     assert first == next((p["steps"] for p in record["curve"] if p["val_miou"] >= 0.5), None)
     assert record["machine"]["cpu"] and record["settings"]["steps"] == record["curve"][-1]["steps"]
+
+
+def test_real_objects_benchmark_runs_both_sides_on_the_test_split(tmp_path):
+    out = tmp_path / "real_objects.json"
+    assert load("real_objects").main(["--quick", "--data-dir", str(ROOT / "datasets"), "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert [r["backbone"] for r in record["rows"]] == ["ImageNet Lite0", "from scratch"]
+    assert all(r["steps"] == 2 and 0 <= r["map50"] <= 1 for r in record["rows"])
+    assert record["test_images"] == 16 and record["machine"]["cores"] >= 1

@@ -125,7 +125,8 @@ def start_lesson(name: str, params: MutableMapping[str, Any], offline: bool = Tr
     """Set a notebook up from its parameters (``globals()`` in a notebook).
 
     Reads ``PROFILE``, ``RESULTS_FILE``, ``OUTPUT_DIR``, ``SEED`` and ``DEVICE`` from ``params``
-    (each optional), replaces every ``{"smoke": a, "full": b}`` value in ``params`` by the
+    (each optional; without ``OUTPUT_DIR``, ``build/outputs/<name>`` in the repository, whatever
+    the working directory), replaces every ``{"smoke": a, "full": b}`` value in ``params`` by the
     profile's, and prints one line saying what it set up.
 
     Raises:
@@ -142,7 +143,7 @@ def start_lesson(name: str, params: MutableMapping[str, Any], offline: bool = Tr
     seed = int(params.get("SEED", 0))
     seed_everything(seed)
     device = pick_device(str(params.get("DEVICE", "auto")))
-    out = Path(params.get("OUTPUT_DIR") or Path("build") / "outputs" / name)
+    out = Path(params.get("OUTPUT_DIR") or project_root() / "build" / "outputs" / name)
     out.mkdir(parents=True, exist_ok=True)
     recorder = Recorder(params.get("RESULTS_FILE"), notebook=name, profile=profile)
     recorder.note("device", str(device))

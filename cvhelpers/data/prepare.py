@@ -3,7 +3,9 @@
 - Fashion-MNIST copied (gunzipped) from the system package into ``<root>/FashionMNIST/raw``,
   or downloaded with torchvision when ``--allow-download`` is given;
 - the scenes dataset for detection and segmentation generated into ``<root>/scenes``
-  (deterministic: the same seed writes the same bytes; skipped when already complete).
+  (deterministic: the same seed writes the same bytes; skipped when already complete);
+- the real-objects benchmark (Fashion-MNIST's product photos cut out and composited on real
+  photos, :mod:`cvhelpers.data.objects`) into ``<root>/objects``, likewise.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 from cvhelpers.data.fashion_mnist import prepare_fashion_mnist
+from cvhelpers.data.objects import make_objects_dataset
 from cvhelpers.data.scenes import make_scenes_dataset
 
 
@@ -22,8 +25,10 @@ def prepare(root: str | Path, allow_download: bool = False, seed: int = 0) -> di
     start = time.perf_counter()
     fashion = prepare_fashion_mnist(root, allow_download=allow_download)
     scenes = make_scenes_dataset(root / "scenes", seed=seed)
-    print(f"data ready in {time.perf_counter() - start:.1f} s: Fashion-MNIST in {fashion}, scenes in {scenes}")
-    return {"fashion_mnist": str(fashion), "scenes": str(scenes)}
+    objects = make_objects_dataset(root / "objects", fashion_root=root, seed=seed)
+    print(f"data ready in {time.perf_counter() - start:.1f} s: Fashion-MNIST in {fashion}, scenes in {scenes}, "
+          f"real objects in {objects}")
+    return {"fashion_mnist": str(fashion), "scenes": str(scenes), "objects": str(objects)}
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ import hashlib
 import json
 import shutil
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -275,6 +276,16 @@ def _background(rng: np.random.Generator, size: int, photo_backgrounds: bool) ->
     return first + t[..., None] * (second - first)
 
 
+def photo_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A random square crop of one of the real photos (:func:`photo_library`), resized to
+    ``size`` and maybe mirrored: ``float64 size x size x 3`` in 0..255 (a synthetic texture
+    when no photo is installed)."""
+    photos = photo_library()
+    if not photos:
+        return _background(rng, size, photo_backgrounds=False)
+    return _photo_crop(rng, photos[int(rng.integers(len(photos)))][1], size)
+
+
 def _photo_crop(rng: np.random.Generator, photo: np.ndarray, size: int) -> np.ndarray:
     height, width = photo.shape[:2]
     side = int(rng.integers(min(size, height, width), min(height, width) + 1))
@@ -329,31 +340,48 @@ def make_scenes_dataset(
         "class_names": list(CLASS_NAMES),
         "photos": [name for name, _ in photo_library()],
     }
-    meta_path = root / "meta.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("params") == params and meta.get("content_hash") == _content_hash(root, splits):
-            return root
-    meta_path.unlink(missing_ok=True)  # an interrupted run must not look complete
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "classes.txt").write_text("".join(f"{name}\n" for name in CLASS_NAMES))
+    if dataset_is_current(root, params, splits):
+        return root
+    start_dataset(root, CLASS_NAMES)
     for split, n in splits.items():
-        _write_split(root / split, generate_scenes(split, n, seed=seed, size=size))
-    meta = {"params": params, "content_hash": _content_hash(root, splits)}
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+        write_scene_split(root / split, generate_scenes(split, n, seed=seed, size=size), CLASS_NAMES)
+    finish_dataset(root, params, splits)
     return root
 
 
-def _write_split(split_dir: Path, scenes: list[Scene]) -> None:
+def dataset_is_current(root: Path, params: dict, splits: dict[str, int]) -> bool:
+    """``root/meta.json`` records ``params`` and the files still hash to its ``content_hash``."""
+    meta_path = root / "meta.json"
+    if not meta_path.is_file():
+        return False
+    meta = json.loads(meta_path.read_text())
+    return meta.get("params") == params and meta.get("content_hash") == content_hash(root, splits)
+
+
+def start_dataset(root: Path, class_names: Sequence[str]) -> None:
+    """Remove ``meta.json`` (an interrupted run must not look complete), write ``classes.txt``."""
+    (root / "meta.json").unlink(missing_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("".join(f"{name}\n" for name in class_names))
+
+
+def finish_dataset(root: Path, params: dict, splits: dict[str, int]) -> None:
+    """Write ``meta.json``: the parameters and the hash of every file, the mark of a complete dataset."""
+    meta = {"params": params, "content_hash": content_hash(root, splits)}
+    (root / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def write_scene_split(split_dir: Path, scenes: Sequence[AnnotatedImage], class_names: Sequence[str]) -> None:
+    """One split in the canonical form: ``images/``, ``masks/`` (semantic PNGs), ``annotations.json``."""
     if split_dir.exists():
         shutil.rmtree(split_dir)
     (split_dir / "masks").mkdir(parents=True)
-    write_coco(scenes, split_dir / "annotations.json", CLASS_NAMES, split_dir / "images")
+    write_coco(scenes, split_dir / "annotations.json", class_names, split_dir / "images")
     for scene in scenes:
         Image.fromarray(scene.semantic).save(split_dir / "masks" / scene.file_name)
 
 
-def _content_hash(root: Path, splits: dict[str, int]) -> str:
+def content_hash(root: Path, splits: dict[str, int]) -> str:
     """SHA-256 over the relative path and bytes of every file of the dataset."""
     digest = hashlib.sha256()
     files = [root / "classes.txt"] + [p for s in splits for p in sorted((root / s).rglob("*")) if p.is_file()]

@@ -184,6 +184,14 @@ def read_yolo(
     return samples, names
 
 
+def yolo_splits(data_yaml: PathLike) -> dict[str, Path]:
+    """``{split: images folder}`` for each of ``train``, ``val``, ``test`` the YAML names
+    (checked like :func:`read_yolo`: a missing folder is a :class:`DatasetError`)."""
+    data_yaml = Path(data_yaml)
+    data = _load_yaml(data_yaml)
+    return {split: _split_dir(data, split, data_yaml) for split in ("train", "val", "test") if data.get(split)}
+
+
 def _load_yaml(data_yaml: Path) -> dict:
     import yaml
 

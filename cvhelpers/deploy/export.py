@@ -34,7 +34,7 @@ from torch import nn
 from cvhelpers.models.freezing import eval_mode
 
 __all__ = [
-    "ExportMetadata", "export_onnx", "write_metadata", "read_metadata", "onnx_opset",
+    "ExportMetadata", "export_onnx", "export_detector_onnx", "write_metadata", "read_metadata", "onnx_opset",
     "export_torchscript", "export_yolo_onnx", "ImageCalibrationReader", "quantize_int8",
     "cpu_has_vnni", "op_counts",
 ]
@@ -50,7 +50,8 @@ class ExportMetadata:
 
     The preprocessing it describes, for an image file: convert to ``color_mode`` (``"L"``
     grey or ``"RGB"``), resize to ``input_shape[1:]`` (``"stretch"``: straight to H x W;
-    ``"shorter_side_crop"``: shorter side to ``size / crop_pct``, then a centre crop), scale
+    ``"shorter_side_crop"``: shorter side to ``size / crop_pct``, then a centre crop;
+    ``"letterbox"``: longer side to the size, aspect kept, centred on grey 114 padding), scale
     pixels to [0, 1], subtract ``mean`` and divide by ``std`` per channel, lay out as
     ``1 x C x H x W`` float32.
 
@@ -59,7 +60,7 @@ class ExportMetadata:
         class_names: one name per output class (detection/segmentation: their classes).
         color_mode: ``"L"`` (1 channel) or ``"RGB"`` (3 channels), in that channel order.
         mean, std: per-channel normalisation of the [0, 1] pixels (one value per channel).
-        resize: ``"stretch"`` or ``"shorter_side_crop"``; crop_pct: the crop fraction.
+        resize: ``"stretch"``, ``"shorter_side_crop"`` or ``"letterbox"``; crop_pct: the crop fraction.
         task: ``"classification"``, ``"segmentation"`` or ``"detection"``.
         input_name, output_name: the ONNX graph's input and output names.
         opset: ONNX opset of the file (filled in by :func:`export_onnx`).
@@ -72,7 +73,7 @@ class ExportMetadata:
     color_mode: Literal["L", "RGB"] = "RGB"
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
-    resize: Literal["stretch", "shorter_side_crop"] = "stretch"
+    resize: Literal["stretch", "shorter_side_crop", "letterbox"] = "stretch"
     crop_pct: float = 1.0
     task: Literal["classification", "segmentation", "detection"] = "classification"
     input_name: str = "image"
@@ -90,8 +91,8 @@ class ExportMetadata:
         for name in ("mean", "std"):
             if len(getattr(self, name)) not in (1, channels):
                 raise ValueError(f"{name} needs 1 or {channels} values, got {getattr(self, name)}")
-        if self.resize not in ("stretch", "shorter_side_crop"):
-            raise ValueError(f"resize must be 'stretch' or 'shorter_side_crop', got {self.resize!r}")
+        if self.resize not in ("stretch", "shorter_side_crop", "letterbox"):
+            raise ValueError(f"resize must be 'stretch', 'shorter_side_crop' or 'letterbox', got {self.resize!r}")
 
     def to_props(self) -> dict[str, str]:
         """The ``metadata_props`` entries: every field as a JSON string (``extra`` merged in)."""
@@ -195,6 +196,38 @@ def export_onnx(
             output_names=list(output_names or [metadata.output_name]),
             dynamic_shapes=dynamic_shapes, opset_version=opset, verbose=False,
         )
+    metadata.opset = onnx_opset(path)
+    write_metadata(path, metadata)
+    return path
+
+
+def export_detector_onnx(model: nn.Module, path: str | Path, metadata: ExportMetadata,
+                         output_names: Sequence[str] = ("boxes", "scores", "labels"),
+                         opset: int = 17) -> Path:
+    """Export a torchvision detector (with its NMS) to ONNX with the **legacy** TorchScript exporter.
+
+    Why not the dynamo exporter: ``torch.export`` must prove every branch on tensor sizes, and
+    torchvision's ``batched_nms`` branches on the number of boxes (it picks a loop or a
+    coordinate trick above 4,000), a size known only at run time. The dynamo export fails with
+    ``GuardOnDataDependentSymNode: Could not guard on data-dependent expression 4*u1 > 4000``
+    (torch 2.14, torchvision 0.29, tried for this function). The legacy exporter
+    (``dynamo=False``) traces one run and records NMS as the ONNX ``NonMaxSuppression`` op,
+    which ONNX Runtime runs. Tracing freezes one input size, so the file takes exactly
+    ``1 x C x H x W`` of ``metadata.input_shape`` (``metadata.dynamic_batch`` must be False).
+
+    ``model`` maps ``1 x C x H x W`` pixels to the tensors named ``output_names``. Returns ``path``.
+    """
+    if metadata.dynamic_batch:
+        raise ValueError("a traced detector takes one fixed-size image: set dynamic_batch=False")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    example = torch.rand(1, *metadata.input_shape, device=device)
+    with eval_mode(model), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings about Python ints in torchvision
+        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
+                          input_names=[metadata.input_name], output_names=list(output_names))
+    metadata.output_name = output_names[0]
     metadata.opset = onnx_opset(path)
     write_metadata(path, metadata)
     return path

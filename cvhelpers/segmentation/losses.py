@@ -42,7 +42,7 @@ def one_hot_masks(target: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-7,
-              classes: Iterable[int] | None = None) -> torch.Tensor:
+              classes: Iterable[int] | None = None, ignore_index: int | None = None) -> torch.Tensor:
     """Multi-class soft Dice loss, ``1 - mean over classes of 2|P∩T| / (|P| + |T|)``.
 
     Args:
@@ -50,6 +50,7 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-7,
         target: ``N x H x W`` int64 class ids in ``0 .. C-1``.
         eps: keeps the ratio finite when a class is absent from both prediction and target.
         classes: only these classes enter the mean (default: all).
+        ignore_index: target pixels of this value count on neither side (borders, padding).
 
     Returns:
         A scalar tensor in [0, 1]; 0 for a perfect, confident prediction. Sums run over the
@@ -61,7 +62,13 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-7,
         raise ValueError(f"expected logits N x C x H x W and target N x H x W, got "
                          f"{tuple(logits.shape)} and {tuple(target.shape)}")
     probs = logits.float().softmax(dim=1)
-    truth = one_hot_masks(target, logits.shape[1])
+    if ignore_index is not None:
+        valid = (target != ignore_index).unsqueeze(1)
+        target = target.masked_fill(~valid.squeeze(1), 0)
+        probs = probs * valid
+        truth = one_hot_masks(target, logits.shape[1]) * valid
+    else:
+        truth = one_hot_masks(target, logits.shape[1])
     dims = (0, 2, 3)  # sum over images and pixels, keep classes
     intersection = (probs * truth).sum(dims)
     cardinality = (probs + truth).sum(dims)
@@ -90,17 +97,19 @@ class CEDiceLoss(nn.Module):
     Args:
         weight: ``C`` per-class weights for cross-entropy (see :func:`class_weights`), or None.
         ce_weight, dice_weight: how much each term counts.
+        ignore_index: target pixels of this value are left out of both terms.
     """
 
     def __init__(self, weight: torch.Tensor | None = None, ce_weight: float = 1.0,
-                 dice_weight: float = 1.0) -> None:
+                 dice_weight: float = 1.0, ignore_index: int | None = None) -> None:
         super().__init__()
         self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
-        self.ce_weight, self.dice_weight = ce_weight, dice_weight
+        self.ce_weight, self.dice_weight, self.ignore_index = ce_weight, dice_weight, ignore_index
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(logits.float(), target, weight=self.weight)
-        return self.ce_weight * ce + self.dice_weight * dice_loss(logits, target)
+        ce = F.cross_entropy(logits.float(), target, weight=self.weight,
+                             ignore_index=-100 if self.ignore_index is None else self.ignore_index)
+        return self.ce_weight * ce + self.dice_weight * dice_loss(logits, target, ignore_index=self.ignore_index)
 
 
 def class_pixel_counts(masks: Iterable[np.ndarray], num_classes: int) -> np.ndarray:

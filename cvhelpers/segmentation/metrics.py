@@ -63,16 +63,21 @@ class SegmentationScores:
             f"\n| **mean over objects** | **{self.miou:.3f}** | **{self.mdice:.3f}** |"
 
 
-def segmentation_scores(pred: Any, target: Any, num_classes: int, background: int | None = 0
-                        ) -> SegmentationScores:
+def segmentation_scores(pred: Any, target: Any, num_classes: int, background: int | None = 0,
+                        ignore_index: int | None = None) -> SegmentationScores:
     """Per-class IoU and Dice and their means over the object classes.
 
     Args:
         pred, target: class-id masks of the same shape (``N x H x W`` or ``H x W``), numpy or torch.
         num_classes: background included.
         background: the class left out of the means (``None``: average all classes).
+        ignore_index: target pixels of this value are not counted (VOC borders, padding).
     """
-    cm = confusion_matrix(np.asarray(pred).ravel(), np.asarray(target).ravel(), num_classes)
+    pred, target = np.asarray(pred).ravel(), np.asarray(target).ravel()
+    if ignore_index is not None:
+        keep = target != ignore_index
+        pred, target = pred[keep], target[keep]
+    cm = confusion_matrix(pred, target, num_classes)
     iou, dice = iou_from_confusion(cm), dice_from_confusion(cm)
     keep = [c for c in range(num_classes) if c != background]
     return SegmentationScores(cm, iou, dice, float(np.nanmean(iou[keep])), float(np.nanmean(dice[keep])),

@@ -58,13 +58,15 @@ class SegmentationValidator:
     Args:
         num_classes: classes including the background.
         amp_dtype: autocast for the forward pass (``None``: float32).
+        ignore_index: mask pixels of this value are not scored.
     """
 
-    def __init__(self, num_classes: int, amp_dtype: torch.dtype | None = None) -> None:
-        self.num_classes, self.amp_dtype = num_classes, amp_dtype
+    def __init__(self, num_classes: int, amp_dtype: torch.dtype | None = None,
+                 ignore_index: int | None = None) -> None:
+        self.num_classes, self.amp_dtype, self.ignore_index = num_classes, amp_dtype, ignore_index
 
     def __call__(self, model: nn.Module, loader: Iterable, device: torch.device) -> dict[str, float]:
         masks = np.concatenate([m.numpy() for _, m, *_ in loader])
         pred = predict_masks(model, loader, amp_dtype=self.amp_dtype)
-        scores = segmentation_scores(pred, masks, self.num_classes)
+        scores = segmentation_scores(pred, masks, self.num_classes, ignore_index=self.ignore_index)
         return {"miou": scores.miou, "mdice": scores.mdice, "pixel_accuracy": scores.pixel_accuracy}
