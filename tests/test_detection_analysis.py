@@ -8,7 +8,8 @@ import pytest
 from cvhelpers.detection.coco_eval import evaluate_coco, evaluate_detections
 from cvhelpers.data.coco import AnnotatedImage
 from cvhelpers.data.scenes import generate_scenes
-from cvhelpers.detection.analysis import (detection_confusion_matrix, image_errors, match_class_agnostic, simulate_detections)
+from cvhelpers.detection.analysis import (confused_objects, detection_confusion_matrix, image_errors, match_class_agnostic,
+                                          simulate_detections)
 from cvhelpers.detection.metrics import Detections
 from cvhelpers.evaluation.metrics import per_class_report, worst_indices
 
@@ -74,6 +75,20 @@ def test_confusion_matrix_sums_and_per_class_report_on_scenes():
     for k, report in enumerate(reports):
         assert report.recall == pytest.approx(cm[k, k] / true_counts[k])
         assert report.precision == pytest.approx(cm[k, k] / max(cm[:, k].sum(), 1))
+
+
+def test_confused_objects_are_the_cases_behind_each_cell():
+    scenes = generate_scenes("test", 12, seed=4)
+    predicted = simulate_detections(scenes, seed=1, false_positives_per_image=1.0, wrong_class_rate=0.3)
+    cm = detection_confusion_matrix(predicted, scenes, num_classes=4, score_threshold=0.3)
+    assert cm[:4, :4].sum() > np.trace(cm[:4, :4])  # some confusions to find
+    for a in range(4):
+        for b in range(4):
+            cases = confused_objects(predicted, scenes, a, b, score_threshold=0.3)
+            assert len(cases) == cm[a, b]
+            for image, obj, pred in cases:
+                assert scenes[image].labels[obj] == a and predicted[image].labels[pred] == b
+                assert predicted[image].scores[pred] >= 0.3
 
 
 def test_worst_images_orders_by_mistakes():

@@ -25,8 +25,8 @@ import numpy as np
 from cvhelpers.detection.metrics import Detections, as_detections, as_ground_truth
 from cvhelpers.detection.boxes import box_iou
 
-__all__ = ["ImageErrors", "match_class_agnostic", "detection_confusion_matrix", "image_errors",
-           "simulate_detections"]
+__all__ = ["ImageErrors", "match_class_agnostic", "detection_confusion_matrix", "confused_objects",
+           "image_errors", "simulate_detections"]
 
 
 def match_class_agnostic(ious: np.ndarray, iou_threshold: float) -> list[tuple[int, int]]:
@@ -68,32 +68,52 @@ class ImageErrors:
         return self.wrong_class + self.missed + self.false_positives
 
 
+def _image_matches(prediction: Any, sample: Any, iou_threshold: float, score_threshold: float
+                   ) -> tuple[Detections, Any, np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """One image's predictions kept at the threshold, its non-crowd objects, and their class-agnostic
+    ``(prediction, object)`` matches, all as indices into the image's own arrays."""
+    det, gt = as_detections(prediction), as_ground_truth(sample)
+    kept = np.flatnonzero(det.scores >= score_threshold)
+    regular = np.flatnonzero(~gt.crowd)
+    pairs = match_class_agnostic(box_iou(det.boxes[kept], gt.boxes[regular]), iou_threshold)
+    return det, gt, kept, regular, [(int(kept[d]), int(regular[g])) for d, g in pairs]
+
+
 def _image_confusion(prediction: Any, sample: Any, num_classes: int, iou_threshold: float,
                      score_threshold: float) -> np.ndarray:
-    det, gt = as_detections(prediction), as_ground_truth(sample)
-    keep = det.scores >= score_threshold
-    boxes, labels = det.boxes[keep], det.labels[keep]
+    det, gt, kept, regular, pairs = _image_matches(prediction, sample, iou_threshold, score_threshold)
     cm = np.zeros((num_classes + 1, num_classes + 1), np.int64)
     background = num_classes
-    regular = ~gt.crowd
-    pairs = match_class_agnostic(box_iou(boxes, gt.boxes[regular]), iou_threshold)
     # A prediction that lies on a crowd region ("a crowd of people") is neither right nor wrong.
-    on_crowd = np.zeros(len(boxes), bool)
+    on_crowd = np.zeros(len(kept), bool)
     if gt.crowd.any():
-        on_crowd = (box_iou(boxes, gt.boxes[gt.crowd], np.ones(gt.crowd.sum(), bool))
+        on_crowd = (box_iou(det.boxes[kept], gt.boxes[gt.crowd], np.ones(gt.crowd.sum(), bool))
                     >= iou_threshold).any(axis=1)
     matched_pred = {d for d, _ in pairs}
     matched_gt = {g for _, g in pairs}
-    gt_labels = gt.labels[regular]
     for d, g in pairs:
-        cm[gt_labels[g], labels[d]] += 1
-    for g in range(len(gt_labels)):
+        cm[gt.labels[g], det.labels[d]] += 1
+    for g in regular:
         if g not in matched_gt:
-            cm[gt_labels[g], background] += 1
-    for d in range(len(boxes)):
-        if d not in matched_pred and not on_crowd[d]:
-            cm[background, labels[d]] += 1
+            cm[gt.labels[g], background] += 1
+    for i, d in enumerate(kept):
+        if d not in matched_pred and not on_crowd[i]:
+            cm[background, det.labels[d]] += 1
     return cm
+
+
+def confused_objects(predictions: Sequence[Any], ground_truth: Sequence[Any], true_class: int,
+                     predicted_class: int, iou_threshold: float = 0.5,
+                     score_threshold: float = 0.5) -> list[tuple[int, int, int]]:
+    """``(image, object, prediction)`` indices of every object of ``true_class`` found by a box
+    labelled ``predicted_class``: the cases behind one cell ``cm[true_class, predicted_class]``
+    of :func:`detection_confusion_matrix` (same matching, same thresholds), to look at."""
+    found = []
+    for image, (prediction, sample) in enumerate(zip(predictions, ground_truth)):
+        det, gt, _, _, pairs = _image_matches(prediction, sample, iou_threshold, score_threshold)
+        found += [(image, g, d) for d, g in pairs
+                  if gt.labels[g] == true_class and det.labels[d] == predicted_class]
+    return found
 
 
 def detection_confusion_matrix(predictions: Sequence[Any], ground_truth: Sequence[Any],
