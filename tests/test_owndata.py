@@ -110,6 +110,62 @@ def test_a_folder_of_splits_keeps_its_splits(tmp_path, scenes):
     assert small.split.count("train") == 3 and small.split.count("val") == 3
 
 
+def test_coco_exports_of_other_tools_are_found(tmp_path, scenes):
+    """Roboflow: train/_annotations.coco.json with the images beside it, a 'valid' split; Label
+    Studio and others: file_name 'images/x.png' relative to the json's folder."""
+    for split, part in (("train", scenes["train"]), ("valid", scenes["val"])):
+        write_coco(part, tmp_path / "rf" / split / "_annotations.coco.json", CLASS_NAMES, tmp_path / "rf" / split)
+    for split in ("train", "valid"):  # Roboflow's unused parent category, id 0, named by the others
+        path = tmp_path / "rf" / split / "_annotations.coco.json"
+        coco = json.loads(path.read_text())
+        coco["categories"] = [{"id": 0, "name": "shapes", "supercategory": "none"}] + [
+            {**c, "supercategory": "shapes"} for c in coco["categories"]]
+        if split == "valid":  # another order in the second file: mapped by name, not by id
+            coco["categories"] = coco["categories"][:1] + coco["categories"][:0:-1]
+        path.write_text(json.dumps(coco))
+    data = load_own_data(tmp_path / "rf")
+    assert data.format == "coco" and data.split.count("valid") == 4 and "valid" in data.split_indices()[2]
+    assert data.class_names == list(CLASS_NAMES)
+    for sample, scene in zip(data.samples[12:], scenes["val"]):
+        np.testing.assert_array_equal(sample.labels, scene.labels)
+    json_path = tmp_path / "ls" / "result.json"
+    write_coco(scenes["val"], json_path, CLASS_NAMES, tmp_path / "ls" / "images")
+    coco = json.loads(json_path.read_text())
+    for image in coco["images"]:
+        image["file_name"] = "images/" + image["file_name"]
+    json_path.write_text(json.dumps(coco))
+    assert detect_format(tmp_path / "ls") == "coco" and len(load_own_data(tmp_path / "ls")) == 4
+    assert len(load_own_data(json_path)) == 4
+
+
+def test_yolo_quirks_val_equal_to_train_and_roboflow_paths(tmp_path, scenes):
+    yaml_path = write_yolo({"train": scenes["train"][:6]}, tmp_path / "y", CLASS_NAMES)
+    text = yaml_path.read_text()
+    yaml_path.write_text(text + "val: images/train\n")  # the same folder twice: a leak, not a split
+    data = load_own_data(yaml_path)
+    assert len(data) == 6 and set(data.split) == {"train"}
+    train, val, how = data.split_indices()
+    assert len(val) >= 1 and "same folder" in how
+    (tmp_path / "y" / "sub").mkdir()
+    (tmp_path / "y" / "sub" / "data.yaml").write_text(  # Roboflow writes ../train/images from the yaml's folder
+        "names: " + json.dumps(list(CLASS_NAMES)) + "\npath: ..\ntrain: ../images/train\n")
+    assert len(load_own_data(tmp_path / "y" / "sub" / "data.yaml")) == 6
+
+
+def test_a_lone_json_that_is_not_coco_is_not_taken_for_coco(datasets, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(datasets["imagefolder"], tmp_path / "folder")
+    (folder / "labels.json").write_text(json.dumps({"made_by": "a camera app"}))
+    assert detect_format(folder) == "imagefolder"
+
+
+def test_every_class_with_one_image_still_leaves_something_to_score(tmp_path):
+    write_image_folder([np.full((8, 8, 3), v, np.uint8) for v in (0, 80, 160)], [0, 1, 2], tmp_path / "f", ["a", "b", "c"])
+    train, val, _ = load_own_data(tmp_path / "f").split_indices()
+    assert len(val) == 1 and len(train) == 2
+
+
 def test_split_without_a_split_is_seeded_and_stratified(datasets):
     data = load_own_data(datasets["imagefolder"])
     train, val, how = data.split_indices(0.25, seed=1)

@@ -13,7 +13,8 @@ visible is rejected (as in the scenes).
 No object is shared between splits, and no test object was ever seen in training: ``train``
 draws from 54,000 of Fashion-MNIST's training photos, ``val`` from the other 6,000 (a fixed,
 seeded partition), ``test`` from Fashion-MNIST's own 10,000 test photos. Each split's
-``sources.json`` lists the photo behind every object (``[fashion_mnist_split, index]``).
+``sources.json`` names the photo behind every object: ``{"fashion_mnist_split": "train" or
+"test", "objects": {file name: [Fashion-MNIST index of each object, in annotation order]}}``.
 
 Same ``seed`` -> byte-identical files; each image has its own random stream,
 ``numpy.random.default_rng([seed, 7, split_code, index])``. On disk, the layout of the scenes

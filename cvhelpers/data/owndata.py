@@ -8,8 +8,9 @@ format           what the path is                                           defa
 ===============  =========================================================  ==============
 ``imagefolder``  a folder of class folders: ``root/<class>/<image>``        classification
 ``yolo``         a YOLO ``data.yaml`` (or a folder holding one)             detection
-``coco``         a COCO ``.json`` (images beside it in ``images/``, or in    detection
-                 the json's folder), or a folder holding ``annotations.json``
+``coco``         a COCO ``.json`` (images where its ``file_name`` entries     detection
+                 resolve: beside it or in ``images/``), or a folder holding
+                 ``annotations.json``, ``_annotations.coco.json`` or one ``.json``
 ``voc``          a Pascal VOC folder: ``Annotations/*.xml`` + ``JPEGImages/``  detection
 ``masks``        ``images/`` + ``masks/`` (index PNGs), or a VOC segmentation  segmentation
                  folder: ``JPEGImages/`` + ``SegmentationClassPNG/``
@@ -35,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,8 +109,8 @@ class OwnData:
 
         Data that came split keeps its split: ``train`` trains, ``val`` (``valid``, else
         ``test``) scores. Otherwise a seeded ``val_fraction`` of the images is held out,
-        stratified by class for classification so every class is scored. Both sides get at
-        least one image.
+        stratified by class for classification so every class with two or more images is
+        scored. Both sides get at least one image.
         """
         split = np.array(self.split)
         for held in ("val", "valid", "test"):
@@ -129,12 +131,15 @@ class OwnData:
             val = np.sort(np.array(val, dtype=np.int64))
         else:
             val = np.sort(rng.permutation(n)[:max(1, round(val_fraction * n))])
+        if len(val) == 0:  # every class has one image: score on one anyway
+            val = np.array([int(rng.integers(n))])
         if len(val) == n:
             val = val[:-1]
         train = np.setdiff1d(np.arange(n), val)
+        notes = "".join(f" (note: {note})" for note in self.notes)
         return train, val, (f"no split given: a seeded {val_fraction:.0%} hold-out"
-                            f"{' per class' if self.labels is not None else ''} "
-                            f"(seed {seed}): {len(train)} train, {len(val)} val")
+                            f"{' per class (a class with one image only trains)' if self.labels is not None else ''} "
+                            f"(seed {seed}): {len(train)} train, {len(val)} val{notes}")
 
 
 # ------------------------------------------------------------------------------------ formats
@@ -148,6 +153,48 @@ def _yaml_in(folder: Path) -> Path | None:
             return folder / name
     found = sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml"))
     return found[0] if len(found) == 1 else None
+
+
+def _coco_json_in(folder: Path) -> Path | None:
+    for name in ("annotations.json", "_annotations.coco.json", "instances.json"):
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(folder.glob("*.json"))
+    if len(found) != 1:
+        return None
+    try:  # a lone json counts only if it looks like COCO instances (not a metadata file)
+        keys = json.loads(found[0].read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return None
+    return found[0] if isinstance(keys, dict) and {"images", "annotations", "categories"} <= set(keys) else None
+
+
+def _coco_categories(json_path: Path) -> tuple[list[str] | None, list[str]]:
+    """``(class names in id order, parent categories to ignore)``. Roboflow's exports carry one
+    unused category (id 0) that the real classes name as their ``supercategory``: it is not a
+    class. ``(None, [])`` when the file cannot be read: :func:`read_coco` then says why."""
+    try:
+        coco = json.loads(json_path.read_text(encoding="utf-8"))
+        categories = sorted(coco["categories"], key=lambda c: c["id"])
+        used = {a["category_id"] for a in coco.get("annotations", [])}
+        supers = {c.get("supercategory") for c in categories}
+        parents = [c["name"] for c in categories if c["id"] not in used and c["name"] in supers]
+        return [c["name"] for c in categories if c["name"] not in parents], parents
+    except (ValueError, OSError, KeyError, TypeError):
+        return None, []
+
+
+def _coco_images_dir(json_path: Path) -> Path:
+    """Where the json's ``file_name`` entries are: beside it, else in ``images/`` beside it."""
+    try:
+        first = next(iter(json.loads(json_path.read_text(encoding="utf-8")).get("images", [])), {})
+    except (ValueError, AttributeError, OSError):
+        first = {}  # read_coco reports what is wrong with the file
+    name = first.get("file_name", "") if isinstance(first, dict) else ""
+    beside, images = json_path.parent, json_path.parent / "images"
+    if name and (beside / name).is_file():
+        return beside
+    return images if images.is_dir() else beside
 
 
 def detect_format(path: PathLike) -> str:
@@ -170,7 +217,7 @@ def detect_format(path: PathLike) -> str:
         return "yolo"
     if (path / "Annotations").is_dir():
         return "voc"
-    if (path / "annotations.json").is_file():
+    if _coco_json_in(path):
         return "coco"
     if any((path / images).is_dir() and (path / masks).is_dir() for images, masks in _MASK_DIRS):
         return "masks"
@@ -179,7 +226,7 @@ def detect_format(path: PathLike) -> str:
         return "imagefolder"
     raise DatasetError(
         f"{path}: cannot tell the dataset's format. Looked for: class folders with images "
-        "(classification), a data.yaml (YOLO), annotations.json (COCO), Annotations/ (Pascal VOC), "
+        "(classification), a data.yaml (YOLO), a COCO .json, Annotations/ (Pascal VOC), "
         "images/ + masks/ or JPEGImages/ + SegmentationClassPNG/ (masks), or train/ holding one of these")
 
 
@@ -226,10 +273,11 @@ def _read_masks(folder: Path, class_names: list[str] | None) -> tuple[list[np.nd
     return images, masks, [str(images_dir / f) for f in files], names
 
 
-def _read_split(fmt: str, folder: Path, class_names: list[str] | None
+def _read_split(fmt: str, folder: Path, class_names: list[str] | None, notes: list[str]
                 ) -> tuple[list[np.ndarray], list[str], Any, list[str], list[str] | None]:
     """``(images, files, targets, class_names, splits)`` of one folder; ``splits`` is each
-    image's split when the format itself names them (a YOLO yaml), else ``None``."""
+    image's split when the format itself names them (a YOLO yaml), else ``None``. Anything
+    worth telling the user is appended to ``notes``."""
     if fmt == "imagefolder":
         paths, labels, names = read_image_folder(folder, check_images=False)
         if class_names is not None and names != class_names:
@@ -244,18 +292,31 @@ def _read_split(fmt: str, folder: Path, class_names: list[str] | None
         names: list[str] = []
         split_of: list[str] = []
         files: list[str] = []
+        seen: dict[Path, str] = {}
         for split, images_dir in yolo_splits(yaml_path).items():
+            if images_dir.resolve() in seen:  # 'val: same folder as train' would score on training images
+                notes.append(f"{yaml_path}: '{split}' is the same folder as '{seen[images_dir.resolve()]}'; "
+                             f"it is read once, and a hold-out is drawn instead")
+                continue
+            seen[images_dir.resolve()] = split
             part, names = read_yolo(yaml_path, split)
             samples += part
             split_of += [split] * len(part)
-            files += [str(next(images_dir.rglob(s.file_name), images_dir / s.file_name)) for s in part]
+            where = {p.name: p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES}
+            files += [str(where.get(s.file_name, images_dir / s.file_name)) for s in part]
         if not samples:
             raise DatasetError(f"{yaml_path}: no 'train', 'val' or 'test' split with images")
         return [s.image for s in samples], files, samples, names, split_of
     if fmt == "coco":
-        json_path = folder if folder.is_file() else folder / "annotations.json"
-        images_dir = json_path.parent / "images" if (json_path.parent / "images").is_dir() else json_path.parent
-        samples, names = read_coco(json_path, images_dir)
+        json_path = folder if folder.is_file() else _coco_json_in(folder)
+        images_dir = _coco_images_dir(json_path)
+        here, parents = _coco_categories(json_path)
+        if class_names is not None and here is not None and set(here) - set(class_names):
+            raise DatasetError(f"{json_path}: classes {sorted(set(here) - set(class_names))} are not in the "
+                               f"first split's {class_names}")
+        wanted = class_names if class_names is not None else here  # later splits map by name to the first's ids
+        samples, names = read_coco(json_path, images_dir, None if wanted is None else [*wanted, *parents])
+        names = names[:len(names) - len(parents)]  # parents have no annotations, so no label points at them
         return [s.image for s in samples], [str(images_dir / s.file_name) for s in samples], samples, names, None
     if fmt == "voc":
         samples, names = read_voc(folder, class_names=class_names)
@@ -273,7 +334,7 @@ def load_own_data(path: PathLike, task: str | None = None, max_images: int | Non
         task: ``None`` takes the format's :data:`DEFAULT_TASK`; ``"segmentation"`` also reads
             the instance masks of COCO or YOLO polygon files as semantic masks.
         max_images: keep at most this many images per split (a seeded random choice), for a
-            quick run on a big dataset.
+            quick training run on a big dataset (every image is still read and checked first).
         seed: for that choice.
 
     Raises:
@@ -292,9 +353,10 @@ def load_own_data(path: PathLike, task: str | None = None, max_images: int | Non
     split: list[str] = []
     targets: list[Any] = []
     names: list[str] | None = None
+    notes: list[str] = []
     rng = np.random.default_rng(seed)
     for split_name, folder in _splits(path):
-        part_images, part_files, part_targets, names, own_split = _read_split(fmt, folder, names)
+        part_images, part_files, part_targets, names, own_split = _read_split(fmt, folder, names, notes)
         part_split = own_split or [split_name] * len(part_images)
         keep = np.arange(len(part_images))
         if max_images is not None:
@@ -306,7 +368,7 @@ def load_own_data(path: PathLike, task: str | None = None, max_images: int | Non
         targets += [part_targets[i] for i in keep]
     if not images:
         raise DatasetError(f"{path}: no images found")
-    data = OwnData(path, fmt, task, list(names or []), images, files, split)
+    data = OwnData(path, fmt, task, list(names or []), images, files, split, notes=notes)
     if task == "classification":
         data.labels = np.asarray(targets, dtype=np.int64)
     elif task == "detection":

@@ -221,6 +221,8 @@ def _split_dir(data: dict, split: str, data_yaml: Path) -> Path:
     root = Path(data.get("path") or ".")
     root = root if root.is_absolute() else data_yaml.parent / root
     images_dir = root / data[split]
+    if not images_dir.is_dir() and data[split].startswith("../"):  # Roboflow's exports: ultralytics retries so
+        images_dir = root / data[split][3:]
     if not images_dir.is_dir():
         raise DatasetError(f"{data_yaml}: '{split}' folder {images_dir} not found")
     return images_dir
