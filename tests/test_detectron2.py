@@ -243,3 +243,38 @@ def test_trained_detector_predicts_and_three_evaluators_agree(registered):
             assert bridge[key] == pytest.approx(ours[key], abs=1e-6)
         for class_name in CLASS_NAMES:
             assert theirs[task][f"AP-{class_name}"] / 100 == pytest.approx(ours["per_class_ap50_95"][class_name], abs=1e-6)
+
+
+@needs_detectron2
+def test_the_shared_steps_register_train_and_score_a_split_of_the_real_objects(tmp_path):
+    """07b and 07c's library steps: a subset is written and registered, the predictor holds the
+    trained weights, and COCOEvaluator agrees with the course's two evaluators on boxes and masks."""
+    from cvhelpers.data.fashion_mnist import find_fashion_mnist
+    from cvhelpers.data.objects import CLASS_NAMES, make_objects_dataset
+    from cvhelpers.detection.detectron2 import (evaluator_agreement, lite0_rcnn_config, register_split,
+                                                score_predictor, train_detectron2)
+
+    if find_fashion_mnist(ROOT / "datasets") is None:
+        pytest.skip("Fashion-MNIST not prepared (make data)")
+    root = make_objects_dataset(tmp_path / "objects", fashion_root=ROOT / "datasets", n_train=8, n_val=2, n_test=6)
+    train_name, train = register_split(root, "train", None, CLASS_NAMES, tmp_path, prefix=f"t{id(tmp_path)}")
+    test_name, test = register_split(root, "test", 4, CLASS_NAMES, tmp_path, prefix=f"t{id(tmp_path)}")
+    assert len(train) == 8 and len(test) == 4 and (tmp_path / f"t{id(tmp_path)}_test_4.json").is_file()
+    assert register_split(root, "test", 4, CLASS_NAMES, tmp_path, prefix=f"t{id(tmp_path)}")[0] == test_name
+    cfg = lite0_rcnn_config(len(CLASS_NAMES), mask=True, batch=2, max_iter=12, warmup_iters=1, train=train_name,
+                            test=test_name, output_dir=str(tmp_path / "run"))
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # twelve steps: keep every box, so there is something to score
+    predictor, seconds, rows = train_detectron2(cfg)
+    assert seconds > 0 and rows and "total_loss" in rows[-1]
+    saved = torch.load(tmp_path / "run" / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    for key, value in predictor.model.state_dict().items():  # the predictor holds the trained weights
+        assert torch.equal(value.cpu(), torch.as_tensor(saved[key]).cpu()), key
+    detections, theirs, ours, bridge = score_predictor(predictor, test_name, test, CLASS_NAMES, ("bbox", "segm"))
+    assert len(detections) == 4 and sum(len(d) for d in detections) > 0
+    for task in ("bbox", "segm"):
+        table, worst = evaluator_agreement(theirs, ours, bridge, task, CLASS_NAMES)
+        assert worst <= 1e-6 and table[0][0] == "map50_95" and len(table) == 6 + len(CLASS_NAMES)
+    with pytest.raises(ValueError, match="4 registered images but 3 samples"):
+        score_predictor(predictor, test_name, test[:3], CLASS_NAMES)
+    broken = {"bbox": dict(theirs["bbox"], **{f"AP-{CLASS_NAMES[0]}": 50.0})}
+    assert evaluator_agreement(broken, ours, bridge, "bbox", CLASS_NAMES)[1] > 1e-6  # a disagreement shows

@@ -14,7 +14,7 @@ from cvhelpers.data.coco import read_coco
 from cvhelpers.data.fashion_mnist import find_fashion_mnist, load_fashion_mnist
 from cvhelpers.data.objects import (CLASS_NAMES, VAL_POOL, generate_object_scene, generate_object_scenes,
                                     make_objects_dataset, object_pools, silhouette)
-from cvhelpers.data.scenes import masks_to_boxes
+from cvhelpers.data.scenes import load_scenes, masks_to_boxes
 
 import test_yolo  # its fixture, ultralytics with its phone-home switched off
 
@@ -82,6 +82,8 @@ def test_the_dataset_on_disk_reads_back_and_keeps_the_splits_apart(tmp_path):
         assert sum(len(s.labels) for s in samples) == sum(len(v) for v in sources["objects"].values())
     assert used["test"][0] == "test" and used["train"][0] == used["val"][0] == "train"
     assert not used["train"][1] & used["val"][1]
+    scenes = load_scenes(root, "val")  # the lessons' reader: class names with spaces ("Ankle boot") survive
+    assert len(scenes) == 4 and all(len(s.masks) == len(s.labels) for s in scenes)
 
 
 def test_pycocotools_accepts_the_files(tmp_path):

@@ -72,6 +72,19 @@ def test_the_checker_catches_a_hand_typed_time_line(records):
     assert UNRECORDED.search("measured on an H100") and UNRECORDED.search("see `shared/ENVIRONMENT.md`")
 
 
+def test_the_time_line_dates_each_notebook_by_its_own_run(records):
+    full, smoke = records
+    stem = NOTEBOOKS[1].stem
+    good = render_time_line(stem, full, smoke)
+    merged_later = json.loads(json.dumps(full))
+    merged_later["finished"] = "2099-01-01T00:00:00+00:00"  # another notebook re-recorded and merged
+    assert render_time_line(stem, merged_later, smoke) == good
+    for entry in merged_later["notebooks"]:
+        if entry["notebook"] == stem:
+            entry["finished"] = "2098-02-03T00:00:00+00:00"  # this notebook run again
+    assert "run 2098-02-03" in render_time_line(stem, merged_later, smoke).replace("\n", " ")
+
+
 def test_rewrite_replaces_only_the_time_paragraph(tmp_path, records):
     import nbformat
 

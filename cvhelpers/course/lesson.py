@@ -33,7 +33,7 @@ from typing import Any
 from cvhelpers.course.results import Recorder
 from cvhelpers.env import pick_device, seed_everything, setup
 
-__all__ = ["PROFILES", "Lesson", "profile_value", "project_root", "start_lesson"]
+__all__ = ["PROFILES", "Lesson", "profile_value", "project_root", "recorded_metrics", "start_lesson"]
 
 PROFILES = ("smoke", "full")
 
@@ -119,6 +119,22 @@ def project_root(start: str | Path | None = None) -> Path:
         if (folder / "pyproject.toml").is_file() and (folder / "cvhelpers").is_dir():
             return folder
     return Path(__file__).resolve().parents[2]
+
+
+def recorded_metrics(notebook: str, profile: str = "full", root: str | Path | None = None) -> dict[str, Any]:
+    """The metrics of ``notebook``'s passing run in the course's committed record of ``profile``
+    (``docs/results/<profile>.json``), plus ``"info"`` and ``"finished"``; ``{}`` when there is
+    none. For a lesson that compares itself with another lesson's recorded run (07b with 05b)."""
+    import json
+
+    record = Path(root or project_root()) / "docs" / "results" / f"{profile}.json"
+    if not record.exists():
+        return {}
+    for entry in json.loads(record.read_text())["notebooks"]:
+        if entry["notebook"] == notebook and entry["status"] == "passed":
+            return ({m["name"]: m["value"] for m in entry["metrics"]}
+                    | {"info": entry.get("info", {}), "finished": entry.get("finished")})
+    return {}
 
 
 def start_lesson(name: str, params: MutableMapping[str, Any], offline: bool = True) -> Lesson:

@@ -33,18 +33,30 @@ def load_record(path: Path) -> dict[str, Any]:
     return record
 
 
-def _seconds(record: dict[str, Any], notebook: str) -> float | None:
+def _passed(record: dict[str, Any], notebook: str) -> dict[str, Any] | None:
     for entry in record["notebooks"]:
         if entry["notebook"] == notebook and entry["status"] == "passed":
-            return float(entry["seconds"])
+            return entry
     return None
 
 
+def _seconds(record: dict[str, Any], notebook: str) -> float | None:
+    entry = _passed(record, notebook)
+    return None if entry is None else float(entry["seconds"])
+
+
 def render_time_line(notebook: str, full: dict[str, Any], smoke: dict[str, Any]) -> str:
-    """The **Time** paragraph of ``notebook`` (its file stem) from the two records."""
+    """The **Time** paragraph of ``notebook`` (its file stem) from the two records.
+
+    The date is the notebook's own full run (its entry's ``finished``; records written before
+    entries carried one fall back to the record's): a partial re-record does not re-date the
+    notebooks it did not run.
+    """
     machine = full["machine"]
+    entry = _passed(full, notebook)
+    run_date = ((entry or {}).get("finished") or full["finished"])[:10]
     where = (f"{machine['cores']} CPU cores ({machine['cpu']}, {'no GPU' if not machine.get('gpu') else machine['gpu']}), "
-             f"`make course` finished {full['finished'][:10]}, nothing else training")
+             f"run {run_date}, nothing else training")
     full_s, smoke_s = _seconds(full, notebook), _seconds(smoke, notebook)
     full_text = ("full profile: no passing run recorded" if full_s is None else
                  f"full profile {full_s:.0f} s" + (f" ({full_s / 60:.1f} min)" if full_s >= 120 else ""))

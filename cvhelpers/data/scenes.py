@@ -406,7 +406,7 @@ def load_scenes(root: PathLike, split: str) -> list[Scene]:
             f"{split_dir / 'annotations.json'}: not found; create the dataset with "
             "cvhelpers.data.scenes.make_scenes_dataset(root)"
         )
-    class_names = (root / "classes.txt").read_text().split()
+    class_names = [line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip()]
     samples, _ = read_coco(split_dir / "annotations.json", split_dir / "images", class_names)
     scenes = []
     for sample in samples:

@@ -18,6 +18,11 @@ compiled ops, ``make detectron2``):
   torchvision recipe, so the two libraries train the same detector on the same budget.
 - :func:`instances_to_detections` turns a predictor's ``Instances`` into the course's
   :class:`~cvhelpers.detection.metrics.Detections` for the course's evaluator.
+- :func:`register_split`, :func:`train_detectron2`, :func:`score_predictor` and
+  :func:`evaluator_agreement` are the steps notebooks 07b (Faster R-CNN) and 07c (Mask R-CNN)
+  share: register a split of the course's COCO files, train a config with ``DefaultTrainer`` and
+  predict with ``DefaultPredictor`` on the trained weights, then score the same predictions with
+  ``COCOEvaluator`` and the course's two evaluators and compare them.
 """
 
 from __future__ import annotations
@@ -223,6 +228,142 @@ def instances_to_detections(instances: Any) -> Any:
     return Detections(boxes=instances.pred_boxes.tensor.numpy().astype(np.float64),
                       scores=instances.scores.numpy().astype(np.float64),
                       labels=instances.pred_classes.numpy().astype(np.int64), masks=masks)
+
+
+# --- the steps notebooks 07b and 07c share ------------------------------------------------
+
+#: The course's summary keys and ``COCOEvaluator``'s names for them.
+D2_SUMMARY_KEYS = {"map50_95": "AP", "map50": "AP50", "map75": "AP75", "map_small": "APs", "map_medium": "APm",
+                   "map_large": "APl"}
+
+
+def register_split(root: str | Path, split: str, limit: int | None, class_names: Sequence[str],
+                   out_dir: str | Path, prefix: str = "objects") -> tuple[str, list[Any]]:
+    """Register ``root/split`` (the course's COCO layout: ``annotations.json`` + ``images/``) by name.
+
+    Reads the split with :func:`cvhelpers.data.scenes.load_scenes` (every file checked). With a
+    ``limit`` below the split's size, the first ``limit`` samples are written as a COCO file in
+    ``out_dir`` (images stay where they are) and that file is registered. Registering the same
+    name again is a no-op, so a notebook can be re-run in one kernel.
+
+    Returns:
+        ``(name, samples)``: the registered name (``f"{prefix}_{split}_{n}"``) and the samples, in
+        the order ``DatasetCatalog.get(name)`` gives them.
+    """
+    from cvhelpers.data.coco import write_coco
+    from cvhelpers.data.scenes import load_scenes
+    from cvhelpers.detection.d2compat import import_detectron2
+
+    import_detectron2()
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    root = Path(root)
+    samples = load_scenes(root, split)
+    json_file = root / split / "annotations.json"
+    if limit is not None and limit < len(samples):
+        samples = samples[:limit]
+        json_file = Path(out_dir) / f"{prefix}_{split}_{len(samples)}.json"
+        write_coco(samples, json_file, list(class_names), root / split / "images", write_images=False)
+    name = f"{prefix}_{split}_{len(samples)}"
+    if name not in DatasetCatalog.list():
+        register_coco_instances(name, {}, str(json_file), str(root / split / "images"))
+    return name, samples
+
+
+def train_detectron2(cfg: Any, seed: int = 0) -> tuple[Any, float, list[dict[str, Any]]]:
+    """Train ``cfg`` with ``DefaultTrainer``; return a ``DefaultPredictor`` on the trained weights,
+    the training seconds and the rows of ``metrics.json``.
+
+    ``DefaultPredictor`` builds a fresh model from its config and loads ``cfg.MODEL.WEIGHTS``: left
+    at ``""`` it would predict with an untrained head, so the clone it gets points at the
+    ``model_final.pth`` just written.
+    """
+    import json
+    import time
+
+    from cvhelpers.detection.d2compat import import_detectron2
+    from cvhelpers.env import seed_everything
+
+    import_detectron2()
+    from detectron2.engine import DefaultPredictor, DefaultTrainer
+    from detectron2.utils.logger import setup_logger
+
+    setup_logger(name="detectron2", abbrev_name="d2")
+    seed_everything(seed)
+    Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
+    trainer = DefaultTrainer(cfg)
+    trainer.resume_or_load(resume=False)  # MODEL.WEIGHTS is "": the backbone's own ImageNet weights
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    trained = cfg.clone()
+    trained.MODEL.WEIGHTS = str(Path(cfg.OUTPUT_DIR) / "model_final.pth")  # the weights just trained
+    with open(Path(cfg.OUTPUT_DIR) / "metrics.json") as handle:
+        rows = [json.loads(line) for line in handle]
+    return DefaultPredictor(trained), seconds, rows
+
+
+def score_predictor(predictor: Any, dataset: str, samples: Sequence[Any], class_names: Sequence[str],
+                    tasks: Sequence[str] = ("bbox",), output_dir: str | Path | None = None
+                    ) -> tuple[list[Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Predict every image of ``dataset`` once and score the same predictions three ways.
+
+    ``samples`` are the course's samples of the registered ``dataset``, in the same order (RGB
+    images; the predictor is given BGR, OpenCV's order, as ``DefaultPredictor`` expects).
+
+    Returns:
+        ``(detections, detectron2, numpy, bridge)``: the course's ``Detections`` per image;
+        ``COCOEvaluator``'s results (percent); the course's NumPy evaluator's summaries; the
+        course's pycocotools bridge's; the last three keyed by task (``"bbox"``, ``"segm"``).
+    """
+    from cvhelpers.detection.coco_eval import evaluate_coco, evaluate_detections
+
+    from detectron2.data import DatasetCatalog
+    from detectron2.evaluation import COCOEvaluator
+
+    evaluator = COCOEvaluator(dataset, tasks=tuple(tasks), distributed=False,
+                              output_dir=None if output_dir is None else str(output_dir), use_fast_impl=False)
+    evaluator.reset()
+    records = DatasetCatalog.get(dataset)
+    if len(records) != len(samples):
+        raise ValueError(f"{dataset}: {len(records)} registered images but {len(samples)} samples given")
+    detections = []
+    for record, sample in zip(records, samples):
+        output = predictor(np.ascontiguousarray(sample.image[:, :, ::-1]))  # RGB -> BGR
+        evaluator.process([record], [output])
+        detections.append(instances_to_detections(output["instances"]))
+    theirs = evaluator.evaluate() or {}
+    names = list(class_names)
+    numpy_scores = {t: evaluate_detections(detections, samples, iou_type=t, num_classes=len(names)).summary(names)
+                    for t in tasks}
+    bridge = {t: evaluate_coco(detections, samples, names, iou_type=t) for t in tasks}
+    return detections, theirs, numpy_scores, bridge
+
+
+def evaluator_agreement(detectron2_scores: dict[str, Any], numpy_scores: dict[str, Any], bridge: dict[str, Any],
+                        task: str, class_names: Sequence[str]) -> tuple[list[tuple[str, float, float, float]], float]:
+    """Rows ``(number, COCOEvaluator, bridge, NumPy)`` of the summary and per-class APs, and the
+    largest difference between COCOEvaluator and the course's two (``inf`` when COCOEvaluator
+    scored nothing, e.g. no predictions at all)."""
+    theirs = detectron2_scores.get(task, {})
+    rows, worst = [], 0.0
+    for key, d2_key in D2_SUMMARY_KEYS.items():
+        d2 = theirs.get(d2_key, float("nan")) / 100  # COCOEvaluator reports percent
+        ours, via_bridge = numpy_scores[task][key], bridge[task][key]
+        if not np.isnan(d2):
+            worst = max(worst, abs(d2 - ours), abs(d2 - via_bridge))
+        rows.append((key, d2, via_bridge, ours))
+    if f"AP-{class_names[0]}" not in theirs:
+        return rows, float("inf")
+    for name in class_names:
+        d2, ours = theirs[f"AP-{name}"] / 100, numpy_scores[task]["per_class_ap50_95"][name]
+        if np.isnan(d2) != np.isnan(ours):  # one scored the class, the other did not
+            worst = float("inf")
+        elif not np.isnan(d2):
+            worst = max(worst, abs(d2 - ours))
+        rows.append((f"AP {name}", d2, bridge[task]["per_class_ap50_95"][name], ours))
+    return rows, worst
 
 
 # --- Detectron2's model zoo -----------------------------------------------------------------
