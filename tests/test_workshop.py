@@ -1,6 +1,7 @@
 """The workshop kit: lesson structure of the course notebooks, student copies, exercise checks, plans."""
 
 import ast
+import re
 import json
 from pathlib import Path
 
@@ -137,8 +138,13 @@ def test_student_copies_of_the_course_parse_and_hold_no_solution(tmp_path):
             if solution.cell_type == "markdown":  # an explanation: dropped whole
                 assert solution.source not in text
                 continue
-            block = solution.source.split(BEGIN_SOLUTION, 1)[1].split("# END SOLUTION", 1)[0].strip()
-            assert block and block not in text
+            stub, rest = solution.source.split(BEGIN_SOLUTION, 1)
+            block, after = rest.split("# END SOLUTION", 1)
+            assert block.strip() and block.strip() not in text
+            # The student's answer is None until written: code after the block must not use it.
+            placeholders = re.findall(r"^(\w+) = None\b", stub, flags=re.M)
+            used = [name for name in placeholders if re.search(rf"\b{name}\b", after)]
+            assert not used, f"{path.stem}: code after '# END SOLUTION' uses {used}, None in the student copy"
         for cell in student.cells:
             if cell.cell_type == "code":
                 ast.parse(cell.source)
