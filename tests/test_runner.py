@@ -96,6 +96,40 @@ def test_find_notebooks_by_number_with_a_letter(tmp_path):
     assert [p.stem for p in find_notebooks(tmp_path, ["01b_arch"])] == ["01b_architectures"]
 
 
+def test_runs_of_another_machine_are_recorded_with_their_machine(tmp_path):
+    from cvhelpers.course.runner import record_runs
+    from cvhelpers.course.timeline import render_time_line
+    from cvhelpers.env import machine_info
+
+    other = {**machine_info(), "cpu": "Another CPU"}
+    old = {"notebook": "00_old", "status": "passed", "seconds": 100.0, "finished": "2026-01-01T00:00:00+00:00"}
+    record = tmp_path / "full.json"
+    record.write_text(json.dumps({"profile": "full", "finished": "2026-01-01T00:00:00+00:00", "machine": other,
+                                  "versions": {"torch": "old"}, "notebooks": [old]}))
+    new = {"notebook": "01_new", "status": "passed", "seconds": 200.0, "finished": "2026-02-02T00:00:00+00:00"}
+    failed = {"notebook": "02_broken", "status": "error", "seconds": 1.0}
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"profile": "full", "machine": machine_info(), "notebooks": [new, failed]}))
+    with pytest.raises(SystemExit, match="another machine"):  # not without saying so
+        record_runs(results, record, ["01"])
+    with pytest.raises(ValueError, match="no passing run of '02'"):
+        record_runs(results, record, ["02"], other_machine=True)
+    assert record_runs(results, record, ["01"], other_machine=True) == ["01_new"]
+    merged = json.loads(record.read_text())
+    assert merged["machine"] == other and merged["versions"] == {"torch": "old"}  # the record's own line stays
+    entries = {e["notebook"]: e for e in merged["notebooks"]}
+    assert "machine" not in entries["00_old"] and entries["01_new"]["machine"] == machine_info()
+    smoke = {"notebooks": []}
+    assert "Another CPU" in render_time_line("00_old", merged, smoke)
+    line = " ".join(render_time_line("01_new", merged, smoke).split())
+    assert machine_info()["cpu"] in line and "Another CPU" not in line and "run 2026-02-02" in line
+    # run again on the record's own machine: the entry loses its stamp
+    results.write_text(json.dumps({"profile": "full", "machine": other, "notebooks": [new]}))
+    record.write_text(json.dumps({**merged, "machine": other}))
+    record_runs(results, record, ["01_new"], other_machine=True)
+    assert "machine" not in {e["notebook"]: e for e in json.loads(record.read_text())["notebooks"]}["01_new"]
+
+
 def test_results_of_another_machine_are_not_relabelled(tmp_path):
     from cvhelpers.course.runner import MachineMismatchError, check_mergeable, merge_results
     from cvhelpers.env import machine_info

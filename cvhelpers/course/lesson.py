@@ -123,17 +123,20 @@ def project_root(start: str | Path | None = None) -> Path:
 
 def recorded_metrics(notebook: str, profile: str = "full", root: str | Path | None = None) -> dict[str, Any]:
     """The metrics of ``notebook``'s passing run in the course's committed record of ``profile``
-    (``docs/results/<profile>.json``), plus ``"info"`` and ``"finished"``; ``{}`` when there is
+    (``docs/results/<profile>.json``), plus ``"info"``, ``"finished"`` and ``"machine"`` (the
+    run's machine); ``{}`` when there is
     none. For a lesson that compares itself with another lesson's recorded run (07b with 05b)."""
     import json
 
     record = Path(root or project_root()) / "docs" / "results" / f"{profile}.json"
     if not record.exists():
         return {}
-    for entry in json.loads(record.read_text())["notebooks"]:
+    data = json.loads(record.read_text())
+    for entry in data["notebooks"]:
         if entry["notebook"] == notebook and entry["status"] == "passed":
             return ({m["name"]: m["value"] for m in entry["metrics"]}
-                    | {"info": entry.get("info", {}), "finished": entry.get("finished")})
+                    | {"info": entry.get("info", {}), "finished": entry.get("finished"),
+                       "machine": entry.get("machine") or data.get("machine", {})})
     return {}
 
 

@@ -197,7 +197,7 @@ class MachineMismatchError(SystemExit):
     """The earlier results were recorded on another machine: merging would relabel their times."""
 
 
-def check_mergeable(path: Path, profile: str) -> None:
+def check_mergeable(path: Path, profile: str, machine: dict[str, Any] | None = None) -> None:
     """Refuse, before anything runs, to add runs to a results file of another machine.
 
     A results file names one machine for all its notebooks; merging this machine's runs into
@@ -214,7 +214,7 @@ def check_mergeable(path: Path, profile: str) -> None:
     old = json.loads(path.read_text())
     if old.get("profile") != profile or not old.get("notebooks"):
         return
-    before, now = old.get("machine", {}), machine_info()
+    before, now = old.get("machine", {}), machine or machine_info()
     differs = [k for k in _SAME_MACHINE if before.get(k) != now.get(k)]
     if differs:
         raise MachineMismatchError(
@@ -224,28 +224,66 @@ def check_mergeable(path: Path, profile: str) -> None:
             f"fresh folder (--out elsewhere, or move {path} away first).")
 
 
-def merge_results(path: Path, profile: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
+def merge_results(path: Path, profile: str, entries: list[dict[str, Any]],
+                  other_machine: bool = False, machine: dict[str, Any] | None = None) -> dict[str, Any]:
     """Merge this run's entries into ``path``'s earlier ones (same profile) by notebook name.
 
+    ``other_machine=True`` (recording a few notebooks run on another machine into the course's
+    record, ``--record ... --other-machine``): where this machine is not the record's, each new
+    entry carries its own ``machine`` and the record keeps its own machine line, so no timing is
+    credited to the wrong machine. An entry run on the record's machine carries none.
+    ``machine``: where the entries ran (default: this machine).
+
     Raises:
-        MachineMismatchError: see :func:`check_mergeable`.
+        MachineMismatchError: see :func:`check_mergeable` (without ``other_machine``).
     """
     from cvhelpers.env import machine_info, package_versions
 
-    check_mergeable(path, profile)
+    if not other_machine:
+        check_mergeable(path, profile, machine)
     previous: list[dict[str, Any]] = []
+    old: dict[str, Any] = {}
     if path.exists():
         old = json.loads(path.read_text())
         if old.get("profile") == profile:
             previous = old.get("notebooks", [])
+    machine, versions = machine or machine_info(), package_versions()
+    record_machine = old.get("machine", {}) if previous else machine
+    if other_machine and any(record_machine.get(k) != machine.get(k) for k in _SAME_MACHINE):
+        entries = [{**e, "machine": machine} for e in entries]
+        machine, versions = record_machine, old.get("versions", versions)
+    else:
+        entries = [{k: v for k, v in e.items() if k != "machine"} for e in entries]
     by_name = {e["notebook"]: e for e in previous}
     by_name.update({e["notebook"]: e for e in entries})
     return {
         "profile": profile,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(), "versions": package_versions(),
+        "machine": machine, "versions": versions,
         "notebooks": [by_name[k] for k in sorted(by_name)],
     }
+
+
+def record_runs(results: Path, record: Path, names: list[str], other_machine: bool = False) -> list[str]:
+    """Copy the passing entries of ``names`` (notebook stems or prefixes) from a runner's
+    ``results`` into the committed ``record`` (``docs/results/<profile>.json``), leaving the
+    other notebooks' entries as they are; returns the stems recorded.
+
+    Raises:
+        ValueError: a name matches no passing entry of ``results``.
+        MachineMismatchError: ``record`` is another machine's and ``other_machine`` is False.
+    """
+    run = json.loads(Path(results).read_text())
+    chosen = []
+    for name in names:
+        found = [e for e in run["notebooks"] if e["notebook"].startswith(name) and e["status"] == "passed"]
+        if not found:
+            raise ValueError(f"{results}: no passing run of {name!r} to record")
+        chosen += [e for e in found if e not in chosen]
+    merged = merge_results(Path(record), run["profile"], chosen, other_machine=other_machine,
+                           machine=run.get("machine"))
+    write_json_atomic(Path(record), merged)
+    return [e["notebook"] for e in chosen]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
         failed = sum(e["status"] != "passed" for e in notebooks)
         print(f"notebooks: {len(notebooks) - failed} passed, {failed} failed")
         return 1 if failed else 0
+    if argv and argv[0] == "--record":  # --record BUILD/results.json docs/results/full.json [--other-machine] NB...
+        names = [a for a in argv[3:] if a != "--other-machine"]
+        recorded = record_runs(Path(argv[1]), Path(argv[2]), names, other_machine="--other-machine" in argv[3:])
+        print(f"recorded {', '.join(recorded)} into {argv[2]}")
+        return 0
     if argv and argv[0] == "--worker":
         notebook, executed, parameters, status_file = argv[1:5]
         return run_worker(Path(notebook), Path(executed), json.loads(parameters), Path(status_file))

@@ -52,8 +52,8 @@ def render_time_line(notebook: str, full: dict[str, Any], smoke: dict[str, Any])
     entries carried one fall back to the record's): a partial re-record does not re-date the
     notebooks it did not run.
     """
-    machine = full["machine"]
     entry = _passed(full, notebook)
+    machine = (entry or {}).get("machine") or full["machine"]  # an entry recorded on another machine names it
     run_date = ((entry or {}).get("finished") or full["finished"])[:10]
     where = (f"{machine['cores']} CPU cores ({machine['cpu']}, {'no GPU' if not machine.get('gpu') else machine['gpu']}), "
              f"run {run_date}, nothing else training")
