@@ -76,6 +76,45 @@ def test_dataset_augmentation_moves_image_and_mask_together():
         assert torch.equal((x[0] > 0.5).long(), y)
 
 
+def test_object_crops_keep_image_and_mask_aligned_and_find_the_objects():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[50:54, 4:8] = 3  # one small object in a corner
+    image[..., 0] = np.where(mask > 0, 255, 0)  # the red channel marks the object
+    torch.manual_seed(0)
+    ds = SegmentationDataset([image] * 20, [mask] * 20, augment=True, mean=(0, 0, 0), std=(1, 1, 1),
+                             crop=32, p_object=1.0, rotate=False)
+    for i in range(20):
+        x, y = ds[i]
+        assert x.shape == (3, 32, 32) and y.shape == (32, 32)
+        assert (y == 3).any(), "p_object=1 must put the object in every crop"
+        assert torch.equal((x[0] > 0.5).long() * 3, y)
+    # p_object=0: windows anywhere, so some miss the corner object
+    anywhere = SegmentationDataset([image] * 40, [mask] * 40, augment=True, crop=32, p_object=0.0)
+    assert not all((anywhere[i][1] == 3).any() for i in range(40))
+    # no crop at evaluation time: the whole image
+    assert SegmentationDataset([image], [mask], crop=32)[0][1].shape == (64, 64)
+
+
+def test_rotate_false_only_flips_left_right():
+    image = np.zeros((8, 8, 3), np.uint8)
+    mask = np.zeros((8, 8), np.uint8)
+    mask[0, 1] = 1
+    torch.manual_seed(0)
+    ds = SegmentationDataset([image] * 30, [mask] * 30, augment=True, rotate=False)
+    seen = {tuple(np.argwhere(ds[i][1].numpy() == 1)[0]) for i in range(30)}
+    assert seen == {(0, 1), (0, 6)}
+
+
+def test_crop_that_does_not_fit_is_refused():
+    image, mask = np.zeros((16, 24, 3), np.uint8), np.zeros((16, 24), np.uint8)
+    with pytest.raises(ValueError, match="crop 32 does not fit image 0 of size 24 x 16"):
+        SegmentationDataset([image], [mask], crop=32)
+    with pytest.raises(ValueError, match="p_object"):
+        SegmentationDataset([image], [mask], crop=8, p_object=2)
+
+
 def _write(path, array):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
