@@ -36,7 +36,7 @@ class SegmentationDataset(Dataset):
     ``rotate=False`` keeps the left-right flip only, for objects that are always photographed
     upright (a 90-degree turn would make a trouser look like something else).
 
-    ``crop=c`` (training only) returns a random ``c x c`` window instead of the whole image:
+    ``crop=c`` (with ``augment=True`` only) returns a random ``c x c`` window instead of the whole image:
     with probability ``p_object`` it is centred on a random object pixel (mask > 0), shifted by up
     to a quarter of the window, otherwise placed anywhere. Fewer background pixels per item, so
     more objects per second of training; the network is fully convolutional, so it still
