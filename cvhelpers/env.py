@@ -265,14 +265,36 @@ def package_versions(names: tuple[str, ...] = REPORTED_PACKAGES) -> dict[str, st
     return versions
 
 
+#: CPU instruction-set extensions that change how fast PyTorch's CPU kernels run, widest first.
+_VECTOR_ISAS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
+
+
+def vector_isa(flags: str) -> str | None:
+    """The widest extension of :data:`_VECTOR_ISAS` in a ``/proc/cpuinfo`` ``flags`` line.
+
+    Two CPUs that report the same model name ("AMD EPYC") can differ here, and a CPU with
+    AVX-512 (or AMX) runs convolutions and bfloat16 far faster than one with AVX2 only.
+
+    >>> vector_isa("fpu sse2 avx2 avx512f avx512_bf16")
+    'avx512_bf16'
+    >>> vector_isa("fpu sse2") is None
+    True
+    """
+    present = set(flags.split())
+    return next((isa for isa in _VECTOR_ISAS if isa in present), None)
+
+
 def machine_info() -> dict[str, Any]:
-    """CPU model, cores, memory, GPU and OS of this machine, for results files."""
+    """CPU model, its widest vector extension, cores, memory, GPU and OS, for results files."""
     import torch
 
     cpu = platform.processor() or platform.machine()
+    isa = None
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            lines = f.read().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+        isa = vector_isa(next((line.split(":", 1)[1] for line in lines if line.startswith("flags")), ""))
     except (OSError, StopIteration):
         pass
     memory_gb = None
@@ -283,6 +305,7 @@ def machine_info() -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "cpu": cpu,
+        "vector_isa": isa,
         "cores": usable_cores(),
         "memory_gb": memory_gb,
         "gpu": gpu,

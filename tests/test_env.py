@@ -91,3 +91,13 @@ def test_the_switch_reads_the_parameter_then_the_environment(monkeypatch):
     assert env.online() is False and env.online(True) is True
     monkeypatch.setenv(env.ONLINE_ENV, "yes")
     assert env.online() is True and env.online(False) is False
+
+
+def test_vector_isa_names_the_widest_extension():
+    from cvhelpers.env import vector_isa
+
+    assert vector_isa("fpu sse2 avx avx2 fma") == "avx2"
+    assert vector_isa("avx2 avx512f avx512bw avx512_vnni") == "avx512f"
+    assert vector_isa("avx2 avx512f avx512_bf16 amx_bf16 amx_tile") == "amx_bf16"
+    assert vector_isa("avx512f_not_a_flag") is None  # whole flags only
+    assert "vector_isa" in env.machine_info()

@@ -155,3 +155,24 @@ def test_results_of_another_machine_are_not_relabelled(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "another machine" in proc.stderr
     assert not (tmp_path / "ran").exists()
+
+
+def test_one_cpu_name_with_another_vector_extension_is_another_machine(tmp_path):
+    """Two "AMD EPYC"s, one with AVX-512 and one with AVX2 only, ran the same training ~2x apart."""
+    from cvhelpers.course.runner import MachineMismatchError, check_mergeable
+    from cvhelpers.course.timeline import render_time_line
+    from cvhelpers.env import machine_info
+
+    here = machine_info()
+    entry = {"notebook": "00_ok", "status": "passed", "seconds": 1.0}
+    path = tmp_path / "results.json"
+    for theirs in ("some_other_isa", None):  # a record written before the field existed counts as another
+        path.write_text(json.dumps({"profile": "full", "machine": {**here, "vector_isa": theirs}, "notebooks": [entry]}))
+        if theirs != here["vector_isa"]:
+            with pytest.raises(MachineMismatchError, match="vector_isa"):
+                check_mergeable(path, "full")
+    record = {"profile": "full", "finished": "2026-01-01T00:00:00+00:00", "notebooks": [entry],
+              "machine": {**here, "cpu": "AMD EPYC", "vector_isa": "avx2"}}
+    assert "AMD EPYC, AVX2 only" in " ".join(render_time_line("00_ok", record, {"notebooks": []}).split())
+    record["machine"].pop("vector_isa")
+    assert "(AMD EPYC, no GPU)" in " ".join(render_time_line("00_ok", record, {"notebooks": []}).split())

@@ -189,8 +189,10 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: What must agree for two runs' timings to share one record (one machine line above them).
-_SAME_MACHINE = ("cpu", "cores", "gpu")
+#: What must agree for two runs' timings to share one record (one machine line above them). Two
+#: CPUs of one model name can differ in their vector extensions (AVX2 only vs AVX-512) and run the
+#: same training ~2x apart; a record written before ``vector_isa`` was kept counts as another machine.
+_SAME_MACHINE = ("cpu", "vector_isa", "cores", "gpu")
 
 
 class MachineMismatchError(SystemExit):
