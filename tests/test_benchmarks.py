@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,3 +39,18 @@ def test_real_objects_benchmark_runs_both_sides_on_the_test_split(tmp_path):
     assert [r["backbone"] for r in record["rows"]] == ["ImageNet Lite0", "from scratch"]
     assert all(r["steps"] == 2 and 0 <= r["map50"] <= 1 for r in record["rows"])
     assert record["test_images"] == 16 and record["machine"]["cores"] >= 1
+
+
+def test_detector_step_benchmark_times_every_variant_on_the_same_batches(tmp_path):
+    out = tmp_path / "detector_step.json"
+    assert load("detector_step").main(["--quick", "--data-dir", str(ROOT / "datasets"), "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in record["rows"]}
+    assert list(rows) == ["recipe", "channels_last", "roi_sampling_1", "channels_last+roi_sampling_1"]
+    assert rows["recipe"]["speedup_vs_recipe"] == 1.0 and all(r["median_s_per_step"] > 0 for r in rows.values())
+    # a memory layout computes the same loss; fewer RoIAlign samples is another model
+    assert rows["channels_last"]["first_step_loss_diff"] < 1e-3 and not rows["channels_last"]["changes_the_model"]
+    assert rows["roi_sampling_1"]["changes_the_model"] and record["machine"]["cores"] >= 1
+    bad = load("detector_step")
+    with pytest.raises(SystemExit):
+        bad.parse_args(["--variants", "channels_last"])  # no recipe to compare with
