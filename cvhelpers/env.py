@@ -265,12 +265,13 @@ def package_versions(names: tuple[str, ...] = REPORTED_PACKAGES) -> dict[str, st
     return versions
 
 
-#: CPU instruction-set extensions that change how fast PyTorch's CPU kernels run, widest first.
-_VECTOR_ISAS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
+#: CPU instruction-set extensions that change how fast PyTorch's CPU kernels run, widest first:
+#: the ``/proc/cpuinfo`` flag and the name a Time line prints.
+VECTOR_ISA_NAMES = {"amx_bf16": "AMX", "avx512_bf16": "AVX-512 BF16", "avx512f": "AVX-512", "avx2": "AVX2 only"}
 
 
 def vector_isa(flags: str) -> str | None:
-    """The widest extension of :data:`_VECTOR_ISAS` in a ``/proc/cpuinfo`` ``flags`` line.
+    """The widest extension of :data:`VECTOR_ISA_NAMES` in a ``/proc/cpuinfo`` ``flags`` line.
 
     Two CPUs that report the same model name ("AMD EPYC") can differ here, and a CPU with
     AVX-512 (or AMX) runs convolutions and bfloat16 far faster than one with AVX2 only.
@@ -281,7 +282,7 @@ def vector_isa(flags: str) -> str | None:
     True
     """
     present = set(flags.split())
-    return next((isa for isa in _VECTOR_ISAS if isa in present), None)
+    return next((isa for isa in VECTOR_ISA_NAMES if isa in present), None)
 
 
 def machine_info() -> dict[str, Any]:

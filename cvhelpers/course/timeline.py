@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cvhelpers.course.results import NOTEBOOK_GLOB
+from cvhelpers.env import VECTOR_ISA_NAMES
 
 __all__ = ["RECORDS", "load_record", "render_time_line", "time_paragraph", "rewrite_time_lines"]
 
@@ -45,9 +46,6 @@ def _seconds(record: dict[str, Any], notebook: str) -> float | None:
     return None if entry is None else float(entry["seconds"])
 
 
-_ISA_NAMES = {"amx_bf16": "AMX", "avx512_bf16": "AVX-512 BF16", "avx512f": "AVX-512", "avx2": "AVX2 only"}
-
-
 def render_time_line(notebook: str, full: dict[str, Any], smoke: dict[str, Any]) -> str:
     """The **Time** paragraph of ``notebook`` (its file stem) from the two records.
 
@@ -58,7 +56,7 @@ def render_time_line(notebook: str, full: dict[str, Any], smoke: dict[str, Any])
     entry = _passed(full, notebook)
     machine = (entry or {}).get("machine") or full["machine"]  # an entry recorded on another machine names it
     run_date = ((entry or {}).get("finished") or full["finished"])[:10]
-    cpu = machine["cpu"] + (f", {_ISA_NAMES.get(machine['vector_isa'], machine['vector_isa'])}"
+    cpu = machine["cpu"] + (f", {VECTOR_ISA_NAMES.get(machine['vector_isa'], machine['vector_isa'])}"
                             if machine.get("vector_isa") else "")
     where = (f"{machine['cores']} CPU cores ({cpu}, {'no GPU' if not machine.get('gpu') else machine['gpu']}), "
              f"run {run_date}, nothing else training")
