@@ -150,3 +150,32 @@ def test_train_predict_export_inside_project(ultralytics_home, splits, tmp_path,
         assert onnx_path.is_file()
     assert list(work.iterdir()) == []
     shutil.rmtree(tmp_path / "out")
+
+
+def test_seg_head_outputs_are_what_ultralytics_predictor_post_processes(ultralytics_home, splits):
+    """The raw head outputs, decoded by hand, give the predictor's top box, score and mask."""
+    from ultralytics import YOLO
+    from ultralytics.utils import ops
+
+    from cvhelpers.detection.yolo import predict_yolo, yolo_seg_outputs
+
+    torch.manual_seed(0)
+    model = YOLO("yolov8n-seg.yaml")  # untrained, 80 classes
+    image = splits["val"][0].image  # 64 px RGB
+    out = yolo_seg_outputs(model, image)
+    assert out.boxes.shape == (8 * 8 + 4 * 4 + 2 * 2, 4)  # one candidate per cell of strides 8, 16, 32
+    assert out.class_scores.shape == (84, 80) and out.coefficients.shape == (84, 32)
+    assert out.protos.shape == (32, 16, 16)  # a quarter of the input size
+    top = int(out.class_scores.max(1).argmax())
+    predicted = predict_yolo(model, [image], imgsz=64, conf=0.0, max_det=1)[0]
+    np.testing.assert_allclose(predicted["boxes"][0], np.clip(out.boxes[top], 0, 64), atol=1e-2)
+    assert predicted["scores"][0] == pytest.approx(out.class_scores[top].max(), abs=1e-4)
+    assert predicted["labels"][0] == out.class_scores[top].argmax()
+    box = torch.from_numpy(np.clip(out.boxes[top:top + 1], 0, 64))
+    mask = ops.process_mask(torch.from_numpy(out.protos), torch.from_numpy(out.coefficients[top:top + 1]), box,
+                            (64, 64), upsample=True)[0].numpy().astype(bool)
+    assert (mask == predicted["masks"][0]).mean() > 0.95
+    with pytest.raises(ValueError, match="divisible by 32"):
+        yolo_seg_outputs(model, image[:50])
+    with pytest.raises(ValueError, match="segmentation model"):
+        yolo_seg_outputs(YOLO("yolov8n.yaml"), image)

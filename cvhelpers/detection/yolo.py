@@ -265,6 +265,75 @@ def _result_to_dict(result: Any, shape: tuple[int, int], segment: bool) -> dict[
     return prediction
 
 
+@dataclass
+class SegHeadOutputs:
+    """What a YOLO-seg network computes for one image, before NMS and before any mask exists.
+
+    ``A`` candidate boxes come out, one per grid cell of the three strides (8, 16, 32): at 160 px,
+    ``20 * 20 + 10 * 10 + 5 * 5 = 525``.
+
+    Attributes:
+        boxes: ``float32`` ``A x 4`` xyxy pixels at the input size (decoded from the head's
+            distributions).
+        class_scores: ``float32`` ``A x C`` sigmoid scores, one per class (no objectness).
+        coefficients: ``float32`` ``A x M`` mask coefficients, one row per candidate box.
+        protos: ``float32`` ``M x H/4 x W/4`` prototype masks, shared by every box of the image.
+    """
+
+    boxes: np.ndarray
+    class_scores: np.ndarray
+    coefficients: np.ndarray
+    protos: np.ndarray
+
+
+def yolo_seg_outputs(model: Any, image: np.ndarray) -> SegHeadOutputs:
+    """Run an ultralytics YOLO-seg's network on one image and return its head's raw outputs.
+
+    This is the part of ``model.predict`` before post-processing: the candidate boxes, their
+    class scores and mask coefficients, and the image's prototypes. NMS, and turning
+    coefficients and prototypes into masks, are left to the caller (notebook 07d does both by
+    hand and checks them against ultralytics).
+
+    Args:
+        model: a trained or untrained ``ultralytics.YOLO`` of task ``"segment"``.
+        image: an ``H x W x 3`` ``uint8`` **RGB** array whose sides are multiples of 32 (the
+            network's largest stride), e.g. a 160 px scene. Other sizes need a letterbox first,
+            as ``model.predict`` does.
+
+    Raises:
+        ValueError: the model is not a segmentation model, or the image is not ``uint8``
+            ``H x W x 3`` with sides divisible by 32.
+    """
+    import torch
+
+    if getattr(model, "task", None) != "segment":
+        raise ValueError(f"yolo_seg_outputs needs a segmentation model (task 'segment'), got task {getattr(model, 'task', None)!r}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or image.shape[0] % 32 or image.shape[1] % 32:
+        raise ValueError(f"yolo_seg_outputs needs a uint8 H x W x 3 RGB image with sides divisible by 32, "
+                         f"got {image.dtype} {image.shape}")
+    network = model.model
+    parameter = next(network.parameters())
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(parameter.device, parameter.dtype) / 255
+    was_training = network.training
+    network.eval()
+    try:
+        with torch.no_grad():
+            (predictions, protos), _ = network(x)  # predictions: 1 x (4 + C + M) x A
+    finally:
+        network.train(was_training)
+    predictions = predictions[0].float().T.cpu().numpy()
+    n_masks = protos.shape[1]
+    head = network.model[-1]
+    if getattr(head, "xyxy", False) or getattr(head, "end2end", False):  # heads set up to emit corners
+        boxes = predictions[:, :4].astype(np.float32)
+    else:  # centre and size, pixels
+        xy, wh = predictions[:, :2], predictions[:, 2:4]
+        boxes = np.concatenate([xy - wh / 2, xy + wh / 2], axis=1).astype(np.float32)
+    return SegHeadOutputs(boxes=boxes, class_scores=predictions[:, 4:-n_masks].astype(np.float32),
+                          coefficients=predictions[:, -n_masks:].astype(np.float32),
+                          protos=protos[0].float().cpu().numpy())
+
+
 def yolo_parameters(model: Any) -> int:
     """Number of parameters of an ``ultralytics.YOLO`` model."""
     return sum(p.numel() for p in model.model.parameters())
