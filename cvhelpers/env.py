@@ -16,6 +16,7 @@ import os
 import platform
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +284,19 @@ def vector_isa(flags: str) -> str | None:
     """
     present = set(flags.split())
     return next((isa for isa in VECTOR_ISA_NAMES if isa in present), None)
+
+
+def machine_label(machine: Mapping[str, Any]) -> str:
+    """A results file's ``machine`` as a caption names it: the CPU and its widest vector extension.
+
+    >>> machine_label({"cpu": "AMD EPYC", "vector_isa": "avx2", "cores": 2})
+    'AMD EPYC, AVX2 only'
+    >>> machine_label({"cpu": "Intel(R) Xeon(R) Processor"})  # recorded before the extension was
+    'Intel(R) Xeon(R) Processor'
+    """
+    cpu = machine.get("cpu") or "unknown CPU"
+    isa = machine.get("vector_isa")
+    return cpu + (f", {VECTOR_ISA_NAMES.get(isa, isa)}" if isa else "")
 
 
 def machine_info() -> dict[str, Any]:

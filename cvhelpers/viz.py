@@ -125,8 +125,11 @@ def show_images(images: Any, titles: Sequence[str] | None = None, ncols: int = 8
         raise ValueError(f"{len(titles)} titles for {len(items)} images")
     ncols = max(1, min(ncols, len(items)))
     nrows = -(-len(items) // ncols)  # ceiling division
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.4),
-                             squeeze=False)
+    # constrained layout, not tight_layout: it keeps each row's titles clear of the row above
+    # when the images' fixed aspect leaves the axes narrower or shorter than their grid cell
+    title_room = 0.25 if titles is not None else 0.0
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, (size + title_room) * nrows + 0.4),
+                             squeeze=False, layout="constrained")
     for i, ax in enumerate(axes.flat):
         if i >= len(items):
             fig.delaxes(ax)
@@ -141,7 +144,6 @@ def show_images(images: Any, titles: Sequence[str] | None = None, ncols: int = 8
             ax.set_title(str(titles[i]), fontsize=8, color=color)
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
     return fig
 
 

@@ -101,3 +101,13 @@ def test_vector_isa_names_the_widest_extension():
     assert vector_isa("avx2 avx512f avx512_bf16 amx_bf16 amx_tile") == "amx_bf16"
     assert vector_isa("avx512f_not_a_flag") is None  # whole flags only
     assert "vector_isa" in env.machine_info()
+
+
+def test_machine_label_names_the_extension_when_recorded():
+    assert env.machine_label({"cpu": "AMD EPYC", "vector_isa": "avx2"}) == "AMD EPYC, AVX2 only"
+    assert env.machine_label({"cpu": "Intel(R) Xeon(R) Processor", "vector_isa": "avx512_bf16"}) == (
+        "Intel(R) Xeon(R) Processor, AVX-512 BF16")
+    assert env.machine_label({"cpu": "Intel(R) Xeon(R) Processor"}) == "Intel(R) Xeon(R) Processor"  # older records
+    assert env.machine_label({"cpu": "X", "vector_isa": "sve2"}) == "X, sve2"  # an extension without a name here
+    label = env.machine_label(env.machine_info())
+    assert label.startswith(env.machine_info()["cpu"])

@@ -47,6 +47,21 @@ def test_show_images_makes_one_axis_per_image(images, count):
     assert fig.axes[0].get_title() == "img 0"
 
 
+@pytest.mark.parametrize(("ncols", "size"), [(4, 2.8), (4, 2.2), (6, 2.2), (8, 1.1)])
+def test_show_images_titles_clear_of_every_image(ncols, size):
+    # the lessons' grids: long titles over square images, two rows or more
+    images = np.zeros((2 * ncols, 160, 160, 3), np.uint8)
+    fig = show_images(images, titles=[f"test[{i}]: Mask R-CNN (score >= 0.5)" for i in range(2 * ncols)],
+                      ncols=ncols, size=size, suptitle="Test scenes")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    image_boxes = [ax.get_window_extent(renderer) for ax in fig.axes]
+    for ax in fig.axes:
+        title = ax.title.get_window_extent(renderer)
+        overlaps = [k for k, box in enumerate(image_boxes) if title.overlaps(box)]
+        assert not overlaps, f"title of {ax.get_title()!r} overlaps image(s) {overlaps}"
+
+
 def test_show_images_rescales_normalised_floats():
     fig = show_images([torch.randn(3, 8, 8) * 5])  # mean/std-normalised: outside [0, 1]
     data = fig.axes[0].get_images()[0].get_array()

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cvhelpers.course.results import NOTEBOOK_GLOB, lesson_number, read_metrics
+from cvhelpers.env import machine_label
 from cvhelpers.files import write_json_atomic
 
 #: The memory goal for any notebook's full run on the course's 24 GB, 2-core machines.
@@ -171,7 +172,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
         f"# CV Cookbook results ({results['profile']} profile)", "",
-        f"Run finished {results['finished']} on {m['cpu']}, {m['cores']} cores, "
+        f"Run finished {results['finished']} on {machine_label(m)}, {m['cores']} cores, "
         f"{m['memory_gb']} GB, GPU: {m['gpu'] or 'none'}; {m['os']}, Python {m['python']}.", "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if v), "",
         "| notebook | status | seconds | budget s | peak memory MB |",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cvhelpers.course.results import NOTEBOOK_GLOB
-from cvhelpers.env import VECTOR_ISA_NAMES
+from cvhelpers.env import machine_label
 
 __all__ = ["RECORDS", "load_record", "render_time_line", "time_paragraph", "rewrite_time_lines"]
 
@@ -56,9 +56,7 @@ def render_time_line(notebook: str, full: dict[str, Any], smoke: dict[str, Any])
     entry = _passed(full, notebook)
     machine = (entry or {}).get("machine") or full["machine"]  # an entry recorded on another machine names it
     run_date = ((entry or {}).get("finished") or full["finished"])[:10]
-    cpu = machine["cpu"] + (f", {VECTOR_ISA_NAMES.get(machine['vector_isa'], machine['vector_isa'])}"
-                            if machine.get("vector_isa") else "")
-    where = (f"{machine['cores']} CPU cores ({cpu}, {'no GPU' if not machine.get('gpu') else machine['gpu']}), "
+    where = (f"{machine['cores']} CPU cores ({machine_label(machine)}, {'no GPU' if not machine.get('gpu') else machine['gpu']}), "
              f"run {run_date}, nothing else training")
     full_s, smoke_s = _seconds(full, notebook), _seconds(smoke, notebook)
     full_text = ("full profile: no passing run recorded" if full_s is None else
