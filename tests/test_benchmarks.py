@@ -54,3 +54,23 @@ def test_detector_step_benchmark_times_every_variant_on_the_same_batches(tmp_pat
     bad = load("detector_step")
     with pytest.raises(SystemExit):
         bad.parse_args(["--variants", "channels_last"])  # no recipe to compare with
+
+
+def test_unet_region_vote_scores_four_ways_on_the_validation_split(tmp_path):
+    out = tmp_path / "vote.json"
+    assert load("unet_region_vote").main(["--quick", "--data-dir", str(ROOT / "datasets"), "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["split"] == "val" and record["settings"]["steps"] == 2
+    assert [r["variant"].split(" (")[0].split(",")[0] for r in record["rows"]] == [
+        "per pixel", "one class per predicted region", "one class per predicted region", "one class per true object"]
+    assert all(0 <= r["val_miou"] <= 1 for r in record["rows"])
+
+
+def test_the_recorded_region_vote_is_the_one_the_lesson_points_to():
+    record = json.loads((ROOT / "docs" / "results" / "unet_region_vote.json").read_text())
+    by_name = {r["variant"]: r["val_miou"] for r in record["rows"]}
+    assert record["split"] == "val" and record["settings"]["steps"] == 750 and record["machine"]["cpu"]
+    # 06b's solution says: the region vote did not raise mIoU, and the true-object ceiling is close above
+    per_pixel = by_name["per pixel (as predicted)"]
+    assert by_name["one class per predicted region, 8-connected"] <= per_pixel
+    assert per_pixel < by_name["one class per true object (needs the truth: a ceiling)"] < per_pixel + 0.1
