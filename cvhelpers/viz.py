@@ -12,6 +12,7 @@ outside ``[0, 1]``, e.g. normalised ones, are rescaled to their own min..max for
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -361,7 +362,8 @@ def show_confused_pair(images: Any, true_labels: Any, pred_labels: Any, pair: tu
     a, b = pair
     name = (lambda i: class_names[i]) if class_names is not None else str
     rows = [np.flatnonzero((true_ids == a) & (pred_ids == b)), np.flatnonzero((true_ids == b) & (pred_ids == a))]
-    fig, axes = plt.subplots(2, per_row, figsize=(1.6 * per_row, 4.0), squeeze=False)
+    width = max(1.6 * per_row, 4.8)  # room for the row labels and the title, however few columns
+    fig, axes = plt.subplots(2, per_row, figsize=(width, 4.0), squeeze=False)
     batch = _split_batch(images)
     for r, (found, (t, p)) in enumerate(zip(rows, ((a, b), (b, a)))):
         for c, ax in enumerate(axes[r]):
@@ -370,8 +372,9 @@ def show_confused_pair(images: Any, true_labels: Any, pred_labels: Any, pair: tu
                 ax.imshow(to_display_image(batch[found[c]]), cmap="gray")
             if c == 0:
                 ax.set_ylabel(f"{name(t)}\nas {name(p)}\n({len(found)})", fontsize=8)
-    fig.suptitle(f"{name(a)} vs {name(b)}: true class predicted as the other "
-                 f"({len(rows[0])} and {len(rows[1])} test images)")
+    title = (f"{name(a)} vs {name(b)}: true class predicted as the other "
+             f"({len(rows[0])} and {len(rows[1])} test images)")
+    fig.suptitle(textwrap.fill(title, width=int(7.5 * width)))  # about 7.5 characters an inch at 12 pt
     fig.tight_layout()
     fig.counts = (len(rows[0]), len(rows[1]))  # type: ignore[attr-defined]
     return fig

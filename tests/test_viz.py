@@ -188,6 +188,29 @@ def test_show_confused_pair_counts_both_directions_like_sklearn():
     assert len(fig.axes) == 10 and "b vs c" in fig._suptitle.get_text()
 
 
+@pytest.mark.parametrize("per_row", [8, 4, 3, 2, 1])
+def test_show_confused_pair_text_inside_the_figure_and_clear_of_images(per_row):
+    # Fashion-MNIST's names (06b, 01); with 3 or fewer columns the title used to run off both edges
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    from cvhelpers.viz import show_confused_pair
+
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 10, 400)
+    pred = np.where(rng.random(400) < 0.5, rng.integers(0, 10, 400), true)
+    fig = show_confused_pair(rng.random((400, 28, 28)), true, pred, (6, 0), names, per_row=per_row)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    image_boxes = [ax.get_window_extent(renderer) for ax in fig.axes]
+    texts = [fig._suptitle] + [ax.yaxis.label for ax in fig.axes if ax.get_ylabel()]
+    assert len(texts) == 3  # the title and one label per row
+    for text in texts:
+        box = text.get_window_extent(renderer)
+        inside = fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1
+        assert inside, f"{text.get_text()!r} is cut off by the figure's edge"
+        overlaps = [k for k, image in enumerate(image_boxes) if box.overlaps(image)]
+        assert not overlaps, f"{text.get_text()!r} overlaps image(s) {overlaps}"
+
+
 def test_unet_data_flow_traces_every_stage_and_pairs_skips_of_equal_size():
     from cvhelpers.segmentation.unet import UNet, unet_data_flow
     from cvhelpers.viz import plot_data_flow
