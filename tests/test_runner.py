@@ -176,3 +176,18 @@ def test_one_cpu_name_with_another_vector_extension_is_another_machine(tmp_path)
     assert "AMD EPYC, AVX2 only" in " ".join(render_time_line("00_ok", record, {"notebooks": []}).split())
     record["machine"].pop("vector_isa")
     assert "(AMD EPYC, no GPU)" in " ".join(render_time_line("00_ok", record, {"notebooks": []}).split())
+
+
+def test_a_smoke_time_from_another_machine_names_that_machine():
+    from cvhelpers.course.timeline import render_time_line
+
+    avx2 = {"cpu": "AMD EPYC", "vector_isa": "avx2", "cores": 2, "gpu": None}
+    xeon = {"cpu": "Intel(R) Xeon(R) Processor", "cores": 2, "gpu": None}
+    full = {"finished": "2026-01-01T00:00:00+00:00", "machine": xeon,
+            "notebooks": [{"notebook": "06b", "status": "passed", "seconds": 466.0}]}
+    smoke = {"machine": xeon, "notebooks": [{"notebook": "06b", "status": "passed", "seconds": 81.0, "machine": avx2}]}
+    line = " ".join(render_time_line("06b", full, smoke).split())
+    assert "smoke profile 81 s (on 2 cores, AMD EPYC, AVX2 only)." in line
+    assert line.count("Xeon") == 1  # the full run's machine, named once
+    same = {"machine": xeon, "notebooks": [{"notebook": "06b", "status": "passed", "seconds": 31.0}]}
+    assert "smoke profile 31 s. GPU" in " ".join(render_time_line("06b", full, same).split())

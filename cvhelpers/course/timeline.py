@@ -46,15 +46,22 @@ def _seconds(record: dict[str, Any], notebook: str) -> float | None:
     return None if entry is None else float(entry["seconds"])
 
 
+def _where(machine: dict[str, Any]) -> str:
+    return f"{machine.get('cores', '?')} cores, {machine_label(machine)}"
+
+
 def render_time_line(notebook: str, full: dict[str, Any], smoke: dict[str, Any]) -> str:
     """The **Time** paragraph of ``notebook`` (its file stem) from the two records.
 
     The date is the notebook's own full run (its entry's ``finished``; records written before
     entries carried one fall back to the record's): a partial re-record does not re-date the
-    notebooks it did not run.
+    notebooks it did not run. The smoke time names its own machine where that is not the full
+    run's (cores, CPU and vector extension): a time is read with the machine that took it.
     """
     entry = _passed(full, notebook)
     machine = (entry or {}).get("machine") or full["machine"]  # an entry recorded on another machine names it
+    smoke_entry = _passed(smoke, notebook)
+    smoke_machine = (smoke_entry or {}).get("machine") or smoke.get("machine") or machine
     run_date = ((entry or {}).get("finished") or full["finished"])[:10]
     where = (f"{machine['cores']} CPU cores ({machine_label(machine)}, {'no GPU' if not machine.get('gpu') else machine['gpu']}), "
              f"run {run_date}, nothing else training")
@@ -62,6 +69,8 @@ def render_time_line(notebook: str, full: dict[str, Any], smoke: dict[str, Any])
     full_text = ("full profile: no passing run recorded" if full_s is None else
                  f"full profile {full_s:.0f} s" + (f" ({full_s / 60:.1f} min)" if full_s >= 120 else ""))
     smoke_text = "smoke profile: no passing run recorded" if smoke_s is None else f"smoke profile {smoke_s:.0f} s"
+    if smoke_s is not None and _where(smoke_machine) != _where(machine):  # a time is only read with its machine
+        smoke_text += f" (on {_where(smoke_machine)})"
     line = (f"**Time**: {full_text} on {where}; {smoke_text}. GPU: not measured by the course. "
             "Recorded in `docs/results/`.")
     return "\n".join(textwrap.wrap(line, 95, break_on_hyphens=False))
