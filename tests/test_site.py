@@ -67,6 +67,28 @@ def test_course_index_uses_measured_times_only():
     assert "| 09:00 | 10 | 99 · Demo |" in teaching_plans([lesson], _results(120.0))
 
 
+def test_pages_name_the_machine_of_each_time_and_list_the_long_runs():
+    from cvhelpers.course.site import LONG_RUN_S
+
+    nb = _executed_notebook()
+    first = read_lesson(nb, "99_demo")
+    second = read_lesson(nb, "98_other")
+    results = _results(120.0)
+    page = course_index([first, second], results, gpu_results=None)
+    assert "on one CPU (2 cores, Test CPU)" in page and "(2 cores, Test CPU; full profile)" in page
+    avx2 = {"cpu": "AMD EPYC", "vector_isa": "avx2", "cores": 2, "gpu": None}
+    results["notebooks"].append({**results["notebooks"][0], "notebook": "98_other", "seconds": LONG_RUN_S + 60.0,
+                                 "machine": avx2})
+    page = course_index([first, second], results, gpu_results=None)
+    assert "on 2 CPUs" in page and "2 cores, Test CPU for 99; 2 cores, AMD EPYC, AVX2 only for 98" in page
+    assert "9.0 min on the CPU (2 cores, AMD EPYC, AVX2 only; full profile)" in page
+    plans = teaching_plans([first, second], results)
+    assert "**Runs longer than 8 minutes**" in plans
+    long_list = plans.split("**Runs longer than 8 minutes**")[1]
+    assert "9.0 min (2 cores, AMD EPYC, AVX2 only)" in long_list and "2.0 min" not in long_list
+    assert "Runs longer" not in teaching_plans([first], _results(LONG_RUN_S))
+
+
 def _browser_check(site: Path, screenshot: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "tools" / "browser_check.py"), str(site),
                            "--screenshot", str(screenshot)], capture_output=True, text=True, timeout=300)

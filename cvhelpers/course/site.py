@@ -27,12 +27,15 @@ import nbformat
 from cvhelpers.course.results import NOTEBOOK_GLOB, lesson_number
 from cvhelpers.course.runner import render_markdown
 from cvhelpers.course.workshop import (Lesson, find_recipes, format_clock, plan_day, read_lesson, teaching_minutes)
+from cvhelpers.env import machine_label
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SITE_SOURCES = PROJECT_ROOT / "site"
 SITE_NAME = "CV Cookbook"
 #: Room time for the plans on the teachers' page, lunch not included (minutes).
 PLANS = {"One-day workshop": 390, "Half-day workshop": 210}
+#: Issue 21's teachable length: a lesson whose full run takes longer is listed on the teachers' page.
+LONG_RUN_S = 8 * 60
 
 
 def _minutes(seconds: float | None) -> str:
@@ -52,7 +55,7 @@ def notebook_times(name: str, results: dict[str, Any], gpu_results: dict[str, An
     gpu_machine = (gpu_results or {}).get("machine", {}).get("gpu")
     gpu = _entries(gpu_results).get(name) if gpu_machine else None
     return {"profile": results.get("profile"), "cpu_s": cpu and cpu["seconds"],
-            "cpu_machine": results.get("machine", {}), "gpu_s": gpu and gpu["seconds"],
+            "cpu_machine": (cpu or {}).get("machine") or results.get("machine", {}), "gpu_s": gpu and gpu["seconds"],
             "gpu_name": gpu_machine}
 
 
@@ -67,16 +70,33 @@ def _bullet_list(items: list[str], missing: str) -> list[str]:
     return [f"- {item}" for item in items] if items else [f"- *{missing}*"]
 
 
+def _where(machine: dict[str, Any]) -> str:
+    return f"{machine.get('cores', '?')} cores, {machine_label(machine)}"
+
+
+def machines_paragraph(lessons: list[Lesson], results: dict[str, Any]) -> str:
+    """Which CPU measured which lessons' run times: a record merged from runs on several machines
+    (``runner --record --other-machine``) names each, so no time is read against another CPU."""
+    by_machine: dict[str, list[str]] = {}
+    for lesson in lessons:
+        times = notebook_times(lesson.notebook, results, None)
+        if times["cpu_s"] is not None:
+            by_machine.setdefault(_where(times["cpu_machine"]), []).append(lesson_number(lesson.notebook))
+    if len(by_machine) <= 1:
+        where = next(iter(by_machine), _where(results.get("machine", {})))
+        return f"Run times were measured in the **{results.get('profile')}** profile on one CPU ({where})"
+    parts = [f"{where} for {', '.join(numbers)}" for where, numbers in by_machine.items()]
+    return (f"Run times were measured in the **{results.get('profile')}** profile on {len(by_machine)} CPUs, "
+            f"so compare lessons' times with care: {'; '.join(parts)}")
+
+
 def course_index(lessons: list[Lesson], results: dict[str, Any], gpu_results: dict[str, Any] | None) -> str:
     """The course index page (Markdown): one section per notebook, in course order."""
-    machine = results.get("machine", {})
     lines = [f"# {SITE_NAME}", "",
              "A Jupyter-first computer-vision course that runs offline on a laptop CPU. Work through "
              "the notebooks in order; each one lists the questions it answers, what you will learn, "
              "what you need first, and how long it took to run.", "",
-             f"Run times were measured in the **{results.get('profile')}** profile on "
-             f"{machine.get('cpu', 'an unknown CPU')} ({machine.get('cores', '?')} cores); GPU times "
-             "appear where a GPU run was recorded. See [Results](results.md), [Recipes](recipes.md), "
+             f"{machines_paragraph(lessons, results)}. GPU times appear where a GPU run was recorded. See [Results](results.md), [Recipes](recipes.md), "
              "[Setup](setup.md) and [Teaching](teaching.md).", "",
              "| # | notebook | CPU run time | GPU run time | teaching + exercises |",
              "| --- | --- | ---: | ---: | ---: |"]
@@ -92,7 +112,8 @@ def course_index(lessons: list[Lesson], results: dict[str, Any], gpu_results: di
         minutes = lesson_minutes(lesson, times["cpu_s"])
         teach = "not measured" if minutes is None else f"{minutes - lesson.exercise_minutes} min"
         lines += ["", f"## [{lesson.title}](notebooks/{lesson.notebook}.ipynb)", "",
-                  f"**Run time**: {_minutes(times['cpu_s'])} on the CPU ({times['profile']} profile); "
+                  f"**Run time**: {_minutes(times['cpu_s'])} on the CPU ({_where(times['cpu_machine'])}; "
+                  f"{times['profile']} profile); "
                   f"GPU: {gpu}. **Teaching**: {teach}; **exercises**: {lesson.exercise_minutes} min.", "",
                   "**Questions**", "", *_bullet_list(lesson.questions, "not declared yet"), "",
                   "**What you will learn**", "", *_bullet_list(lesson.objectives, "not declared yet"), "",
@@ -127,6 +148,18 @@ def teaching_plans(lessons: list[Lesson], results: dict[str, Any]) -> str:
              "to 5 min, + its exercises' stated minutes). Start times assume a 09:00 start; add lunch."]
     if unmeasured:
         lines += ["", "Not measured, so left out: " + ", ".join(unmeasured) + "."]
+    long_runs = []
+    for lesson in lessons:
+        times = notebook_times(lesson.notebook, results, None)
+        if times["cpu_s"] is not None and times["cpu_s"] > LONG_RUN_S:
+            long_runs.append(f"{lesson.title}: {_minutes(times['cpu_s'])} ({_where(times['cpu_machine'])})")
+    if long_runs:
+        lines += ["", f"**Runs longer than {LONG_RUN_S // 60} minutes** in this profile, each mostly training sized to "
+                  "reach the lesson's recorded target or to match the run it is compared with. In a room, run them with "
+                  "`PROFILE = \"smoke\"` (about a minute; the numbers are then not the lesson's) and walk "
+                  "through the executed full run (a site built after `make course` carries it), or start the "
+                  "full run before a break:", "",
+                  *[f"- {item}" for item in long_runs]]
     for plan, room_minutes in PLANS.items():
         slots, left_out = plan_day([(t, m) for t, m in timed if m is not None], room_minutes)
         lines += ["", f"### {plan} ({room_minutes // 60} h {room_minutes % 60:02d} min of room time)", "",
