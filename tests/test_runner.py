@@ -128,6 +128,13 @@ def test_runs_of_another_machine_are_recorded_with_their_machine(tmp_path):
     record.write_text(json.dumps({**merged, "machine": other}))
     record_runs(results, record, ["01_new"], other_machine=True)
     assert "machine" not in {e["notebook"]: e for e in json.loads(record.read_text())["notebooks"]}["01_new"]
+    # the report names each entry's CPU: the record's for its own runs, the stamp for merged ones
+    merged = {**merged, "finished": "2026-02-02T00:00:00+00:00"}
+    for e in merged["notebooks"]:
+        e.update(budget_s=None, within_budget=True, peak_rss_mb=1.0, metrics=[])
+    rows = {line.split(" | ")[0][2:]: line for line in render_markdown(merged).splitlines() if line.startswith("| 0")}
+    assert "Another CPU" in rows["00_old"] and "Another CPU" not in rows["01_new"]
+    assert machine_info()["cpu"] in rows["01_new"]
 
 
 def test_results_of_another_machine_are_not_relabelled(tmp_path):

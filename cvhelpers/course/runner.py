@@ -175,12 +175,14 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"Run finished {results['finished']} on {machine_label(m)}, {m['cores']} cores, "
         f"{m['memory_gb']} GB, GPU: {m['gpu'] or 'none'}; {m['os']}, Python {m['python']}.", "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if v), "",
-        "| notebook | status | seconds | budget s | peak memory MB |",
-        "| --- | --- | ---: | ---: | ---: |",
+        "| notebook | status | seconds | on | budget s | peak memory MB |",
+        "| --- | --- | ---: | --- | ---: | ---: |",
     ]
-    for e in results["notebooks"]:
+    for e in results["notebooks"]:  # an entry merged from another machine (--other-machine) carries its own
         budget = "" if e["budget_s"] is None else f"{e['budget_s']:g}" + ("" if e["within_budget"] else " (over)")
-        lines.append(f"| {e['notebook']} | {e['status']} | {e['seconds']:.1f} | {budget} | {e['peak_rss_mb']} |")
+        on = e.get("machine") or m
+        lines.append(f"| {e['notebook']} | {e['status']} | {e['seconds']:.1f} | {on.get('cores', '?')} cores, "
+                     f"{machine_label(on)} | {budget} | {e['peak_rss_mb']} |")
     lines += ["", "| notebook | metric | value | target | verdict |", "| --- | --- | ---: | --- | --- |"]
     for e in results["notebooks"]:
         for metric in e["metrics"]:
