@@ -286,17 +286,21 @@ def vector_isa(flags: str) -> str | None:
     return next((isa for isa in VECTOR_ISA_NAMES if isa in present), None)
 
 
-def machine_label(machine: Mapping[str, Any]) -> str:
-    """A results file's ``machine`` as a caption names it: the CPU and its widest vector extension.
+def machine_label(machine: Mapping[str, Any], cores: bool = False) -> str:
+    """A results file's ``machine`` as a caption names it: the CPU and its widest vector extension,
+    after its number of cores with ``cores=True`` (where times from several machines meet).
 
     >>> machine_label({"cpu": "AMD EPYC", "vector_isa": "avx2", "cores": 2})
     'AMD EPYC, AVX2 only'
     >>> machine_label({"cpu": "Intel(R) Xeon(R) Processor"})  # recorded before the extension was
     'Intel(R) Xeon(R) Processor'
+    >>> machine_label({"cpu": "AMD EPYC", "vector_isa": "avx2", "cores": 2}, cores=True)
+    '2 cores, AMD EPYC, AVX2 only'
     """
     cpu = machine.get("cpu") or "unknown CPU"
     isa = machine.get("vector_isa")
-    return cpu + (f", {VECTOR_ISA_NAMES.get(isa, isa)}" if isa else "")
+    label = cpu + (f", {VECTOR_ISA_NAMES.get(isa, isa)}" if isa else "")
+    return f"{machine.get('cores', '?')} cores, {label}" if cores else label
 
 
 def machine_info() -> dict[str, Any]:

@@ -181,8 +181,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     for e in results["notebooks"]:  # an entry merged from another machine (--other-machine) carries its own
         budget = "" if e["budget_s"] is None else f"{e['budget_s']:g}" + ("" if e["within_budget"] else " (over)")
         on = e.get("machine") or m
-        lines.append(f"| {e['notebook']} | {e['status']} | {e['seconds']:.1f} | {on.get('cores', '?')} cores, "
-                     f"{machine_label(on)} | {budget} | {e['peak_rss_mb']} |")
+        lines.append(f"| {e['notebook']} | {e['status']} | {e['seconds']:.1f} | {machine_label(on, cores=True)} | "
+                     f"{budget} | {e['peak_rss_mb']} |")
     lines += ["", "| notebook | metric | value | target | verdict |", "| --- | --- | ---: | --- | --- |"]
     for e in results["notebooks"]:
         for metric in e["metrics"]:

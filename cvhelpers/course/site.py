@@ -70,10 +70,6 @@ def _bullet_list(items: list[str], missing: str) -> list[str]:
     return [f"- {item}" for item in items] if items else [f"- *{missing}*"]
 
 
-def _where(machine: dict[str, Any]) -> str:
-    return f"{machine.get('cores', '?')} cores, {machine_label(machine)}"
-
-
 def machines_paragraph(lessons: list[Lesson], results: dict[str, Any]) -> str:
     """Which CPU measured which lessons' run times: a record merged from runs on several machines
     (``runner --record --other-machine``) names each, so no time is read against another CPU."""
@@ -81,9 +77,10 @@ def machines_paragraph(lessons: list[Lesson], results: dict[str, Any]) -> str:
     for lesson in lessons:
         times = notebook_times(lesson.notebook, results, None)
         if times["cpu_s"] is not None:
-            by_machine.setdefault(_where(times["cpu_machine"]), []).append(lesson_number(lesson.notebook))
+            where = machine_label(times["cpu_machine"], cores=True)
+            by_machine.setdefault(where, []).append(lesson_number(lesson.notebook))
     if len(by_machine) <= 1:
-        where = next(iter(by_machine), _where(results.get("machine", {})))
+        where = next(iter(by_machine), machine_label(results.get("machine", {}), cores=True))
         return f"Run times were measured in the **{results.get('profile')}** profile on one CPU ({where})"
     parts = [f"{where} for {', '.join(numbers)}" for where, numbers in by_machine.items()]
     return (f"Run times were measured in the **{results.get('profile')}** profile on {len(by_machine)} CPUs, "
@@ -112,7 +109,8 @@ def course_index(lessons: list[Lesson], results: dict[str, Any], gpu_results: di
         minutes = lesson_minutes(lesson, times["cpu_s"])
         teach = "not measured" if minutes is None else f"{minutes - lesson.exercise_minutes} min"
         lines += ["", f"## [{lesson.title}](notebooks/{lesson.notebook}.ipynb)", "",
-                  f"**Run time**: {_minutes(times['cpu_s'])} on the CPU ({_where(times['cpu_machine'])}; "
+                  f"**Run time**: {_minutes(times['cpu_s'])} on the CPU "
+                  f"({machine_label(times['cpu_machine'], cores=True)}; "
                   f"{times['profile']} profile); "
                   f"GPU: {gpu}. **Teaching**: {teach}; **exercises**: {lesson.exercise_minutes} min.", "",
                   "**Questions**", "", *_bullet_list(lesson.questions, "not declared yet"), "",
@@ -152,10 +150,12 @@ def teaching_plans(lessons: list[Lesson], results: dict[str, Any]) -> str:
     for lesson in lessons:
         times = notebook_times(lesson.notebook, results, None)
         if times["cpu_s"] is not None and times["cpu_s"] > LONG_RUN_S:
-            long_runs.append(f"{lesson.title}: {_minutes(times['cpu_s'])} ({_where(times['cpu_machine'])})")
+            where = machine_label(times["cpu_machine"], cores=True)
+            long_runs.append(f"{lesson.title}: {_minutes(times['cpu_s'])} ({where})")
     if long_runs:
-        lines += ["", f"**Runs longer than {LONG_RUN_S // 60} minutes** in this profile, each mostly training sized to "
-                  "reach the lesson's recorded target or to match the run it is compared with. In a room, run them with "
+        lines += ["", f"**Runs longer than {LONG_RUN_S // 60} minutes** in this profile, each mostly training "
+                  "sized to reach the lesson's recorded target or to match the run it is compared with. In a room, "
+                  "run them with "
                   "`PROFILE = \"smoke\"` (about a minute; the numbers are then not the lesson's) and walk "
                   "through the executed full run (a site built after `make course` carries it), or start the "
                   "full run before a break:", "",

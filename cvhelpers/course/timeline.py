@@ -46,10 +46,6 @@ def _seconds(record: dict[str, Any], notebook: str) -> float | None:
     return None if entry is None else float(entry["seconds"])
 
 
-def _where(machine: dict[str, Any]) -> str:
-    return f"{machine.get('cores', '?')} cores, {machine_label(machine)}"
-
-
 def render_time_line(notebook: str, full: dict[str, Any], smoke: dict[str, Any]) -> str:
     """The **Time** paragraph of ``notebook`` (its file stem) from the two records.
 
@@ -69,8 +65,9 @@ def render_time_line(notebook: str, full: dict[str, Any], smoke: dict[str, Any])
     full_text = ("full profile: no passing run recorded" if full_s is None else
                  f"full profile {full_s:.0f} s" + (f" ({full_s / 60:.1f} min)" if full_s >= 120 else ""))
     smoke_text = "smoke profile: no passing run recorded" if smoke_s is None else f"smoke profile {smoke_s:.0f} s"
-    if smoke_s is not None and _where(smoke_machine) != _where(machine):  # a time is only read with its machine
-        smoke_text += f" (on {_where(smoke_machine)})"
+    smoke_where = machine_label(smoke_machine, cores=True)
+    if smoke_s is not None and smoke_where != machine_label(machine, cores=True):  # a time is read with its machine
+        smoke_text += f" (on {smoke_where})"
     line = (f"**Time**: {full_text} on {where}; {smoke_text}. GPU: not measured by the course. "
             "Recorded in `docs/results/`.")
     return "\n".join(textwrap.wrap(line, 95, break_on_hyphens=False))
