@@ -30,6 +30,12 @@ def test_the_recorded_curve_is_the_one_the_lesson_describes():
     first = record["first_step_val_miou_0_5"]
     assert first == next((p["steps"] for p in record["curve"] if p["val_miou"] >= 0.5), None)
     assert record["machine"]["cpu"] and record["settings"]["steps"] == record["curve"][-1]["steps"]
+    # 06's prose: a flat start (mIoU near 0), three times 06's recorded steps, a 5 % warm-up
+    full = json.loads((ROOT / "docs" / "results" / "full.json").read_text())
+    metrics = {m["name"]: m["value"] for e in full["notebooks"] if e["notebook"] == "06_semantic_segmentation"
+               for m in e["metrics"]}
+    assert record["settings"]["steps"] == 3 * metrics["train_steps_course_unet"]
+    assert record["settings"]["warmup"] == 0.05 and record["curve"][0]["val_miou"] < 0.1
 
 
 def test_real_objects_benchmark_runs_both_sides_on_the_test_split(tmp_path):

@@ -33,5 +33,6 @@ def test_real_labelme_voc_photos_load_through_our_coco_reader():
     for sample in samples:
         assert sample.masks is not None and sample.masks.shape[1:] == sample.image.shape[:2]
         assert sample.masks.any(axis=(1, 2)).all()  # every polygon drew pixels
-        boxes_from_masks = np.array([[np.nonzero(m)[1].min(), np.nonzero(m)[0].min()] for m in sample.masks])
-        assert np.abs(boxes_from_masks - sample.boxes[:, :2]).max() <= 2  # boxes agree with masks
+        boxes_from_masks = np.array([[np.nonzero(m)[1].min(), np.nonzero(m)[0].min(),
+                                      np.nonzero(m)[1].max() + 1, np.nonzero(m)[0].max() + 1] for m in sample.masks])
+        assert np.abs(boxes_from_masks - sample.boxes).max() <= 2  # all four edges of the boxes agree with the masks

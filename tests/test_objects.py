@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torchvision.ops import masks_to_boxes as tv_masks_to_boxes
 
 from cvhelpers.data.coco import read_coco
 from cvhelpers.data.fashion_mnist import find_fashion_mnist, load_fashion_mnist
 from cvhelpers.data.objects import (CLASS_NAMES, VAL_POOL, generate_object_scene, generate_object_scenes,
                                     make_objects_dataset, object_pools, silhouette)
-from cvhelpers.data.scenes import load_scenes, masks_to_boxes
+from cvhelpers.data.scenes import load_scenes
 
 import test_yolo  # its fixture, ultralytics with its phone-home switched off
 
@@ -57,7 +59,9 @@ def test_scenes_are_deterministic_and_labels_honest(pools):
     counts = []
     for scene, picks in zip(scenes, all_sources):
         assert scene.image.shape == (160, 160, 3) and 1 <= len(scene.labels) <= 4
-        np.testing.assert_array_equal(scene.boxes, masks_to_boxes(scene.masks))  # boxes = visible part
+        # boxes = the visible part, by torchvision's reference (inclusive max; ours are exclusive edges)
+        reference = tv_masks_to_boxes(torch.from_numpy(scene.masks)).numpy() + np.array([0, 0, 1, 1], np.float32)
+        np.testing.assert_array_equal(scene.boxes, reference)
         visible = scene.masks.sum((1, 2)) / scene.full_areas
         assert (visible >= 0.5).all()  # no object hidden by more than half
         longest = np.maximum(scene.full_boxes[:, 2] - scene.full_boxes[:, 0], scene.full_boxes[:, 3] - scene.full_boxes[:, 1])
@@ -93,8 +97,17 @@ def test_pycocotools_accepts_the_files(tmp_path):
     root = make_objects_dataset(tmp_path / "objects", fashion_root=DATA, n_train=4, n_val=3, n_test=3)
     coco = COCO(str(root / "val" / "annotations.json"))
     assert len(coco.getImgIds()) == 3 and [c["name"] for c in coco.loadCats(coco.getCatIds())] == list(CLASS_NAMES)
-    for ann in coco.loadAnns(coco.getAnnIds()):  # pycocotools decodes each mask to the area we wrote
-        assert coco.annToMask(ann).sum() == ann["area"]
+    scenes = {s.file_name: s for s in load_scenes(root, "val")}
+    decoded = 0
+    for image in coco.loadImgs(coco.getImgIds()):  # pycocotools decodes each mask to the generator's own
+        scene = scenes[Path(image["file_name"]).name]
+        anns = sorted(coco.loadAnns(coco.getAnnIds(imgIds=image["id"])), key=lambda a: a["id"])
+        assert len(anns) == len(scene.masks)
+        for ann, mask in zip(anns, scene.masks):
+            np.testing.assert_array_equal(coco.annToMask(ann).astype(bool), mask)
+            assert ann["area"] == mask.sum()
+            decoded += 1
+    assert decoded >= 3
 
 
 def test_ultralytics_own_checker_accepts_the_objects_as_yolo(ultralytics_offline, tmp_path, pools):
@@ -106,6 +119,7 @@ def test_ultralytics_own_checker_accepts_the_objects_as_yolo(ultralytics_offline
     data = check_det_dataset(str(write_yolo(splits, tmp_path / "yolo", CLASS_NAMES, segments=True)), autodownload=False)
     assert data["nc"] == 10 and list(data["names"].values()) == list(CLASS_NAMES)
     images = sorted(str(p) for p in Path(data["val"]).glob("*.png"))
+    assert len(images) == 5
     for image, label, scene in zip(images, img2label_paths(images), splits["val"]):
         result = verify_image_label((image, label, "", False, data["nc"], 0, 0, False))
         missing, found, _, corrupt, message = result[5:]
