@@ -39,6 +39,12 @@ def test_pools_are_disjoint_and_test_comes_from_the_test_split(pools):
     k = 123
     np.testing.assert_array_equal(pools["val"].images[k], images[pools["val"].indices[k]])
     assert pools["val"].labels[k] == labels[pools["val"].indices[k]]
+    # the test pool's photos are Fashion-MNIST's test photos, none of which is a training photo
+    test_images, test_labels = load_fashion_mnist(DATA, "test")
+    np.testing.assert_array_equal(pools["test"].images, test_images)
+    np.testing.assert_array_equal(pools["test"].labels, test_labels)
+    training_photos = {photo.tobytes() for photo in pools["train"].images}
+    assert not any(photo.tobytes() in training_photos for photo in pools["test"].images)
 
 
 def test_silhouette_is_the_product_with_its_holes_filled():
