@@ -111,6 +111,13 @@ def test_writer_refuses_a_sample_without_a_file_name(tmp_path, scenes):
         write_voc_dataset(scenes[:1], tmp_path, CLASS_NAMES)
     path = write_voc(scenes[1], tmp_path / "one.xml", CLASS_NAMES)
     assert path.read_text().startswith("<?xml")
+    # read by the standard library's parser, not ours: the boxes as written, the classes by name
+    import xml.etree.ElementTree as ET
+
+    objects = ET.parse(path).getroot().findall("object")
+    assert [o.findtext("name") for o in objects] == [CLASS_NAMES[k] for k in scenes[1].labels]
+    written = [[float(o.find("bndbox").findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax")] for o in objects]
+    np.testing.assert_allclose(written, scenes[1].boxes)
 
 
 @pytest.mark.skipif(not LABELME_VOC.is_dir(), reason="Debian's labelme-examples is not installed")
