@@ -167,22 +167,42 @@ def test_time_budget_stops_training(scenes):
     assert len(lrs) == 1 or lrs[-1] < lrs[0]
 
 
+class Oracle(torch.nn.Module):
+    """A fake torchvision detector that returns each scene's truth, labels ``1-based + shift``."""
+
+    def __init__(self, scenes, shift: int = 0) -> None:
+        super().__init__()
+        self.scenes, self.shift = scenes, shift
+
+    def forward(self, images):
+        out = []
+        for image in images:
+            scene = next(s for s in self.scenes if np.allclose(s.image.transpose(2, 0, 1) / 255, image.numpy()))
+            out.append({"boxes": torch.from_numpy(scene.boxes),
+                        "labels": torch.from_numpy(scene.labels + 1 + self.shift),
+                        "scores": torch.ones(len(scene.labels)),
+                        "masks": torch.from_numpy(scene.masks[:, None].astype(np.float32))})
+        return out
+
+
 def test_predict_format_scores_perfectly_when_right(scenes):
     """A fake detector that returns the truth (1-based) must score mAP 1 after conversion."""
-
-    class Oracle(torch.nn.Module):
-        def forward(self, images):
-            out = []
-            for image in images:
-                scene = next(s for s in scenes if np.allclose(s.image.transpose(2, 0, 1) / 255, image.numpy()))
-                out.append({"boxes": torch.from_numpy(scene.boxes), "labels": torch.from_numpy(scene.labels + 1),
-                            "scores": torch.ones(len(scene.labels)),
-                            "masks": torch.from_numpy(scene.masks[:, None].astype(np.float32))})
-            return out
-
-    predictions = predict_detector(Oracle(), [s.image for s in scenes])
+    predictions = predict_detector(Oracle(scenes), [s.image for s in scenes])
     assert evaluate_coco(predictions, scenes, CLASS_NAMES)["map50_95"] == pytest.approx(1.0)
     assert evaluate_coco(predictions, scenes, CLASS_NAMES, iou_type="segm")["map50_95"] == pytest.approx(1.0)
+
+
+def test_fits_validator_scores_the_truth_one_and_a_label_off_by_one_near_zero(scenes):
+    """``DetectionValidator`` converts the loader's 1-based labels itself: the truth must score 1
+    on boxes and masks, and the same boxes one class off must not."""
+    loader = make_loader(DetectionDataset(scenes, augment=False, with_masks=True), 4, shuffle=False,
+                         collate_fn=collate_detection)
+    validator = DetectionValidator(len(CLASS_NAMES), masks=True)
+    right = validator(Oracle(scenes), loader, torch.device("cpu"))
+    assert right == pytest.approx({"map50": 1.0, "map50_95": 1.0, "mask_map50": 1.0, "mask_map50_95": 1.0})
+    shifted = Oracle(scenes, shift=1)  # class k named k + 1 (the last class falls off the end)
+    wrong = validator(shifted, loader, torch.device("cpu"))
+    assert wrong["map50"] < 0.1 and wrong["mask_map50"] < 0.1
 
 
 def test_detectron2_dicts(scenes):
