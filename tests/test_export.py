@@ -338,10 +338,24 @@ def test_grey_and_colour_conversions_are_the_documented_ones():
 
 
 def test_resize_modes():
-    image = np.random.default_rng(1).integers(0, 256, (40, 60, 3), dtype=np.uint8)
-    assert predict_onnx.preprocess(image, RGB_META).shape == (1, 3, 8, 8)
+    """A 40 x 60 image, red in its outer 9 columns each side, green between. Stretching keeps the
+    red; timm's eval crop (shorter side to 8 / 0.875, centre 8 x 8) keeps the middle 8 of ~14
+    columns, so no red survives, and the aspect ratio is kept (a centred green disc stays round)."""
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[:, :, 1] = 255
+    image[:, :9], image[:, -9:] = (255, 0, 0), (255, 0, 0)
+    red = lambda x: (x[0, 0] * 0.25 + 0.5) > 0.5  # noqa: E731 - red channel back in [0, 1]
+    stretched = predict_onnx.preprocess(image, RGB_META)
+    assert stretched.shape == (1, 3, 8, 8) and red(stretched)[:, 0].all() and red(stretched)[:, -1].all()
     crop_meta = {**RGB_META, "resize": "shorter_side_crop", "crop_pct": 0.875}
-    assert predict_onnx.preprocess(image, crop_meta).shape == (1, 3, 8, 8)
+    cropped = predict_onnx.preprocess(image, crop_meta)
+    assert cropped.shape == (1, 3, 8, 8) and not red(cropped).any()
+    disc = np.zeros((40, 60, 3), np.uint8)
+    yy, xx = np.mgrid[:40, :60]
+    disc[(yy - 19.5) ** 2 + (xx - 29.5) ** 2 <= 15 ** 2] = 255
+    seen = predict_onnx.preprocess(disc, crop_meta)[0, 0] * 0.25 + 0.5 > 0.5
+    rows, cols = np.nonzero(seen)
+    assert abs((rows.max() - rows.min()) - (cols.max() - cols.min())) <= 1  # round, not squeezed
 
 
 def test_model_input_checks():
@@ -364,3 +378,5 @@ def test_in_process_predict_matches_session(trained, fmnist):
         probabilities = model(fmnist["test"].tensors[0][:1]).softmax(1)[0].numpy()
     assert [t["index"] for t in top][0] == int(probabilities.argmax())
     np.testing.assert_allclose(sorted(t["probability"] for t in top), np.sort(probabilities), atol=1e-5)
+    for t in top:  # each class keeps its own probability, not just the sorted set
+        assert t["probability"] == pytest.approx(float(probabilities[t["index"]]), abs=1e-5)

@@ -217,7 +217,7 @@ def test_detectron2_dicts(scenes):
             np.testing.assert_allclose(annotation["bbox"], box)
             rle = dict(annotation["segmentation"], counts=annotation["segmentation"]["counts"].encode())
             np.testing.assert_array_equal(mask_utils.decode(rle).astype(bool), mask)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="samples but 1 image paths"):
         to_detectron2_dicts(scenes, paths[:1])
 
 

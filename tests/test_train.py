@@ -268,20 +268,28 @@ def test_bfloat16_autocast_on_cpu_trains():
     seed_everything(0)
     model = SmallCNN(width=4, num_classes=4, image_size=8)
     loader = make_loader(tiny_images(), 8, True)
+    seen = []  # the first convolution's output dtype, call by call: autocast is really on
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    first_conv.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     history = fit(model, loader, loader, epochs=2, optimizer=torch.optim.Adam(model.parameters()),
                   amp_dtype=torch.bfloat16, device="cpu", progress=False)
     assert all(math.isfinite(v) for v in history.train_loss + history.val_loss)
     assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay float32
+    assert seen and set(seen) == {torch.bfloat16}  # training and validation forwards alike
 
 
-def test_float16_on_cpu_warns_and_uses_a_grad_scaler():
+def test_float16_on_cpu_warns_and_uses_a_grad_scaler(monkeypatch):
     model = mlp()
-    loader = make_loader(separable(8), 8, False)
+    loader = make_loader(separable(8), 4, False)
+    scaled = []  # every backward goes through the scaler
+    scale = torch.amp.GradScaler.scale
+    monkeypatch.setattr(torch.amp.GradScaler, "scale", lambda self, outputs: scaled.append(1) or scale(self, outputs))
     with pytest.warns(UserWarning, match="far slower"):
         history = fit(model, loader, None, epochs=1,
                       optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
                       amp_dtype=torch.float16, device="cpu", monitor="train_loss", progress=False)
     assert math.isfinite(history.train_loss[0])
+    assert len(scaled) == len(loader) == 2
 
 
 def one_epoch_of_sgd(batches, grad_accum_steps):
