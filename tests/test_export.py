@@ -197,6 +197,17 @@ def test_reduce_range_is_recorded_and_chosen_by_the_cpu(trained, fmnist, tmp_pat
     eight = quantize_int8(fp32_path, tmp_path / "full.onnx", calibration, reduce_range=False)
     assert "7-bit" in read_metadata(seven)["quantization"]
     assert "7-bit" not in read_metadata(eight)["quantization"]
+
+    def widest_int8_weight(path):  # the quantised weights themselves, read with onnx's own helpers
+        import onnx
+        from onnx import numpy_helper
+
+        weights = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
+                   if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and t.dims and np.prod(t.dims) > 16]
+        assert weights, f"{path}: no 8-bit weight tensors"
+        return max(int(np.abs(w.astype(np.int32) - (128 if w.dtype == np.uint8 else 0)).max()) for w in weights)
+
+    assert widest_int8_weight(seven) <= 64 < widest_int8_weight(eight)  # 7 bits: -64..63; 8 bits: -127..127
     auto = quantize_int8(fp32_path, tmp_path / "auto.onnx", calibration)
     assert ("7-bit" in read_metadata(auto)["quantization"]) == (cpu_has_vnni() is False)
 
