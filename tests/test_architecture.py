@@ -57,13 +57,13 @@ def test_every_part_of_the_package_has_a_layer():
     assert parts <= set(LAYERS) | {"course"}, f"give these a layer: {parts - set(LAYERS) - {'course'}}"
 
 
-@pytest.mark.parametrize("module", sorted(MODULES))
-def test_imports_point_down_the_layers(module):
+def layer_problems(module: str, imports: list[tuple[int, str]], where_name: str) -> list[str]:
+    """The layer rules, for ``module``'s ``(line, imported module)`` pairs."""
     source_part = part(module)
     problems = []
-    for line, target in cvhelpers_imports(MODULES[module]):
+    for line, target in imports:
         target_part = part(target)
-        where = f"{MODULES[module].relative_to(PACKAGE.parent)}:{line} imports {target}"
+        where = f"{where_name}:{line} imports {target}"
         if source_part == "course":
             if target_part not in COURSE_MAY_IMPORT:
                 problems.append(f"{where}: the course machinery imports only env and files")
@@ -72,6 +72,13 @@ def test_imports_point_down_the_layers(module):
         elif target_part != source_part and LAYERS[target_part] >= LAYERS[source_part]:
             problems.append(f"{where}: {target_part} (layer {LAYERS[target_part]}) is not below "
                             f"{source_part} (layer {LAYERS[source_part]})")
+    return problems
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_point_down_the_layers(module):
+    problems = layer_problems(module, cvhelpers_imports(MODULES[module]),
+                              str(MODULES[module].relative_to(PACKAGE.parent)))
     assert not problems, "\n".join(problems)
 
 
@@ -104,3 +111,7 @@ def test_the_checker_catches_an_upward_import(tmp_path):
     bad.write_text("def f():\n    from cvhelpers.train.engine import fit\n")
     assert cvhelpers_imports(bad) == [(2, "cvhelpers.train.engine")]
     assert LAYERS[part("cvhelpers.train.engine")] > LAYERS["data"]
+    found = layer_problems("cvhelpers.data.bad", cvhelpers_imports(bad), "bad.py")
+    assert len(found) == 1 and "is not below data" in found[0]
+    assert layer_problems("cvhelpers.train.bad", [(1, "cvhelpers.data.scenes")], "ok.py") == []  # downward: fine
+    assert "must not import the course" in layer_problems("cvhelpers.data.x", [(1, "cvhelpers.course.runner")], "x")[0]

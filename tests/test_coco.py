@@ -59,6 +59,7 @@ def error_for(json_path: Path, **kwargs) -> str:
 def test_pycocotools_reads_boxes_and_masks_exactly(scenes, written):
     coco = COCO(str(written))
     assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == list(CLASS_NAMES)
+    assert len(coco.getImgIds()) == len(scenes) > 0
     for image_id, scene in zip(sorted(coco.getImgIds()), scenes):
         info = coco.loadImgs(image_id)[0]
         assert info["file_name"] == scene.file_name and (info["height"], info["width"]) == (160, 160)
@@ -77,7 +78,7 @@ def test_pycocotools_reads_boxes_and_masks_exactly(scenes, written):
 
 def test_read_coco_round_trip(scenes, written):
     samples, names = read_coco(written, written.parent / "images")
-    assert names == list(CLASS_NAMES)
+    assert names == list(CLASS_NAMES) and len(samples) == len(scenes) > 0
     for sample, scene in zip(samples, scenes):
         assert isinstance(sample, AnnotatedImage) and sample.file_name == scene.file_name
         np.testing.assert_array_equal(sample.image, scene.image)
@@ -107,10 +108,15 @@ def test_polygon_segmentation_is_rasterised_by_pycocotools(tmp_path):
 
 
 def test_crowd_with_uncompressed_rle(tmp_path):
-    counts = [5 * 30 + 5, 10] + [20, 10] * 9 + [30 * 40 - (5 * 30 + 5) - 10 * 10 - 20 * 9]
+    # COCO's RLE runs down the columns: rows 5-14 of columns 5-24, a 10 x 20 block (not square,
+    # so a row-major decode would put it elsewhere)
+    counts = [5 * 30 + 5, 10] + [20, 10] * 19 + [30 * 40 - (5 * 30 + 5) - 10 * 20 - 20 * 19]
     json_path = tiny_coco(tmp_path, {"iscrowd": 1, "segmentation": {"size": [30, 40], "counts": counts}})
     sample = read_coco(json_path, tmp_path / "images")[0][0]
-    assert sample.iscrowd.tolist() == [True] and sample.masks[0].sum() == 100
+    expected = np.zeros((30, 40), bool)
+    expected[5:15, 5:25] = True
+    assert sample.iscrowd.tolist() == [True]
+    np.testing.assert_array_equal(sample.masks[0], expected)
 
 
 def test_class_names_remap_sparse_category_ids(tmp_path):

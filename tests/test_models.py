@@ -46,11 +46,12 @@ def test_conv_block_halves_the_size():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [{"norm": "layer"}, {"blocks": 4}, {"head": "max"}, {"image_size": 30}],
+    "kwargs, message",
+    [({"norm": "layer"}, "norm must be 'batch' or 'none'"), ({"blocks": 4}, "blocks must be 2 or 3"),
+     ({"head": "max"}, "head must be 'flatten' or 'avg'"), ({"image_size": 30}, "image_size=30 must be divisible")],
 )
-def test_bad_arguments_raise(kwargs):
-    with pytest.raises(ValueError):
+def test_bad_arguments_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
         SmallCNN(**kwargs)
 
 

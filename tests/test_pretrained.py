@@ -162,10 +162,17 @@ def test_imagenet_class_names():
 
 def test_predict_topk_sorts_and_restores_train_mode(lite0):
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.Dropout(0.5)).train()
-    result = pt.predict_topk(model, torch.randn(2, 3, 2, 2), k=3, class_names=list("abcd"))
+    x = torch.randn(2, 3, 2, 2)
+    result = pt.predict_topk(model, x, k=3, class_names=list("abcd"))
     assert model.training and len(result) == 2 and len(result[0]) == 3
     probs = [s.probability for s in result[0]]
     assert probs == sorted(probs, reverse=True) and all(0 <= p <= 1 for p in probs)
+    with torch.no_grad():  # the reference: eval mode (dropout off), softmax, topk
+        reference = model.eval()(x).softmax(1).topk(3)
+    model.train()
+    for row, values, indices in zip(result, reference.values, reference.indices):
+        assert [s.index for s in row] == indices.tolist() and [s.name for s in row] == [list("abcd")[i] for i in indices]
+        assert [s.probability for s in row] == pytest.approx(values.tolist(), abs=1e-6)
 
 
 # --- layer groups and fine-tuning --------------------------------------------------------------
@@ -202,6 +209,9 @@ def test_gradual_unfreezing_and_discriminative_lrs():
     assert freezing.unfreeze_last_groups(groups, 1) == 1280 * 5 + 5  # the new head only
     trainable = freezing.unfreeze_last_groups(groups, 3)
     assert trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # which ones: exactly the last three groups, counted from the groups, not from the flags
+    assert trainable == sum(p.numel() for group in groups[-3:] for m in group for p in m.parameters())
+    assert not any(p.requires_grad for group in groups[:-3] for m in group for p in m.parameters())
     param_groups = freezing.discriminative_param_groups(groups, base_lr=1e-3, decay=0.5)
     assert [g["lr"] for g in param_groups] == pytest.approx([2.5e-4, 5e-4, 1e-3])
     assert all(p.requires_grad for g in param_groups for p in g["params"])

@@ -91,6 +91,11 @@ def test_bfloat16_with_channels_last_trains():
     model, history = train(epochs=2, amp_dtype=torch.bfloat16, channels_last=True)
     assert all(math.isfinite(v) for v in history.train_loss + history.val_loss)
     assert all(p.dtype == torch.float32 for p in model.parameters())
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)  # the switch reached the weights
+    _, fp32_history = train(epochs=2)  # bf16 rounds: close to float32's run, not the same run
+    assert history.train_loss != fp32_history.train_loss
+    assert history.train_loss == pytest.approx(fp32_history.train_loss, abs=0.1)
 
 
 @pytest.mark.slow

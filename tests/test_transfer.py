@@ -16,6 +16,7 @@ def test_grey_to_rgb_tensor_shapes_and_normalisation():
     ds = grey_to_rgb_tensor(images, np.array([0, 1, 2]), 64, LITE0_MEAN, LITE0_STD)
     x, y = ds.tensors
     assert x.shape == (3, 3, 64, 64) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert y.tolist() == [0, 1, 2]
     # TF-Lite scaling: black -> (0 - 127) / 128, white -> (255 - 127) / 128
     assert torch.allclose(x[0], torch.full_like(x[0], -127 / 128), atol=1e-5)
     assert torch.allclose(x[1], torch.full_like(x[1], 1.0), atol=1e-5)
@@ -81,7 +82,12 @@ def test_hflip_tta_reads_the_loader_once_and_keeps_labels_with_their_images():
     torch.testing.assert_close(probs, expected[order])
 
 
-@pytest.mark.parametrize("bad_size", [0])
-def test_grey_to_rgb_tensor_rejects_zero_size(bad_size):
-    with pytest.raises((ValueError, RuntimeError)):
-        grey_to_rgb_tensor(np.zeros((1, 28, 28), np.uint8), np.array([0]), bad_size, LITE0_MEAN, LITE0_STD)
+@pytest.mark.parametrize("images, labels, size, message", [
+    (np.zeros((1, 28, 28), np.uint8), np.array([0]), 0, "size must be at least 1 pixel, got 0"),
+    (np.zeros((1, 28, 28, 3), np.uint8), np.array([0]), 32, r"grey uint8 N x H x W, got uint8 of shape \(1, 28, 28, 3\)"),
+    (np.zeros((1, 28, 28), np.float32), np.array([0]), 32, "got float32"),
+    (np.zeros((2, 28, 28), np.uint8), np.array([0]), 32, "2 images but 1 labels"),
+])
+def test_grey_to_rgb_tensor_refuses_bad_input_clearly(images, labels, size, message):
+    with pytest.raises(ValueError, match=message):
+        grey_to_rgb_tensor(images, labels, size, LITE0_MEAN, LITE0_STD)

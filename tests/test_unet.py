@@ -18,9 +18,17 @@ def test_odd_sizes_are_padded_back():
 
 def test_skip_connections_carry_fine_detail():
     """The decoder's first block sees the stem's features: its input has both halves."""
-    model = UNet(3, 2, width=4, depth=2)
+    model = UNet(3, 2, width=4, depth=2).eval()
     assert model.decoder[-1].conv[0].in_channels == 4 + 4  # upsampled + skip
     assert len(model.decoder) == 2
+    seen = []
+    model.decoder[-1].conv[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        model(x)
+        stem = model.stem(x)
+    torch.testing.assert_close(seen[0][:, :4], stem)  # the skip half is the stem's full-resolution output
+    assert not torch.allclose(seen[0][:, 4:], stem)  # the other half is the upsampled decoder path
 
 
 def test_it_overfits_a_tiny_batch():

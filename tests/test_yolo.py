@@ -89,6 +89,7 @@ def ultralytics_verify(data_yaml: Path, split: str) -> list[tuple]:
 def test_ultralytics_accepts_boxes(ultralytics_offline, box_yaml, splits):
     for split in ("train", "val", "test"):
         results = ultralytics_verify(box_yaml, split)
+        assert len(results) == len(splits[split]) > 0
         for result, scene in zip(results, splits[split]):
             labels = result[1]  # N x 5: cls, cx, cy, w, h normalised
             assert labels[:, 0].astype(int).tolist() == scene.labels.tolist()
@@ -97,6 +98,7 @@ def test_ultralytics_accepts_boxes(ultralytics_offline, box_yaml, splits):
 
 def test_ultralytics_accepts_segments(ultralytics_offline, segment_yaml, splits):
     results = ultralytics_verify(segment_yaml, "train")
+    assert len(results) == len(splits["train"]) > 0
     for result, scene in zip(results, splits["train"]):
         assert len(result[3]) == len(scene.labels)  # one polygon per object
         np.testing.assert_allclose(result[1][:, 1:] * 160, _xywh(scene.boxes), atol=1.01)
@@ -123,7 +125,7 @@ def test_ultralytics_trains_on_it(ultralytics_offline, box_yaml, tmp_path):
 # ----------------------------------------------------------------------------------- reading
 def test_read_yolo_boxes_round_trip(box_yaml, splits):
     samples, names = read_yolo(box_yaml, "val")
-    assert names == list(CLASS_NAMES)
+    assert names == list(CLASS_NAMES) and len(samples) == len(splits["val"]) > 0
     for sample, scene in zip(samples, splits["val"]):
         assert sample.file_name == scene.file_name and sample.masks is None
         np.testing.assert_array_equal(sample.image, scene.image)
@@ -133,8 +135,10 @@ def test_read_yolo_boxes_round_trip(box_yaml, splits):
 
 def test_read_yolo_segments_round_trip(segment_yaml, splits):
     samples, _ = read_yolo(segment_yaml, "train")
+    assert len(samples) == len(splits["train"]) > 0
     for sample, scene in zip(samples, splits["train"]):
         np.testing.assert_allclose(sample.boxes, scene.boxes, atol=1.01)
+        assert len(sample.masks) == len(scene.masks) > 0
         for mask, truth in zip(sample.masks, scene.masks):
             iou = (mask & truth).sum() / (mask | truth).sum()
             assert iou > 0.75, iou

@@ -61,7 +61,17 @@ def grey_to_rgb_tensor(images: np.ndarray, labels: np.ndarray, size: int,
     grey channel is repeated three times and the image is resized bilinearly (antialiased), then
     normalised with the *model's* ``mean`` / ``std`` (per channel, for inputs in [0, 1]).
     Labels stay int64.
+
+    Raises:
+        ValueError: ``images`` not ``N x H x W`` ``uint8``, a ``size`` below 1, or not one label
+            per image.
     """
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(f"images must be grey uint8 N x H x W, got {images.dtype} of shape {images.shape}")
+    if size < 1:
+        raise ValueError(f"size must be at least 1 pixel, got {size}")
+    if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
     x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255).unsqueeze(1)
     x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     x = x.clamp_(0, 1).expand(-1, 3, -1, -1)
