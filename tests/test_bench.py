@@ -93,9 +93,10 @@ def test_callables_tuples_and_lists():
     assert measure_latency(lambda imgs: len(imgs), images, warmup=0, iters=1).batch_size == 5
 
 
-def test_bad_iteration_counts():
-    with pytest.raises(ValueError):
-        measure_latency(tiny_net(), torch.zeros(1, 3, 16, 16), iters=0)
+@pytest.mark.parametrize("kwargs", [{"iters": 0}, {"warmup": -1}])
+def test_bad_iteration_counts(kwargs):
+    with pytest.raises(ValueError, match="need iters >= 1 and warmup >= 0"):
+        measure_latency(tiny_net(), torch.zeros(1, 3, 16, 16), **kwargs)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -93,15 +93,18 @@ def test_not_installed_is_a_clear_error(monkeypatch):
 def test_pil_linear_is_added_only_when_missing(monkeypatch):
     from PIL import Image
 
-    monkeypatch.delattr(Image, "LINEAR", raising=False)
+    # set, then delete: monkeypatch then undoes both, so the fix's alias does not outlive the test
+    monkeypatch.setattr(Image, "LINEAR", None, raising=False)
+    monkeypatch.delattr(Image, "LINEAR")
     assert d2compat._fix_pil_linear() is True
     assert Image.LINEAR == Image.BILINEAR
     assert d2compat._fix_pil_linear() is False
 
 
 def test_numpy_aliases_are_the_builtins_and_added_only_when_missing(monkeypatch):
-    for name in ("int", "float", "str", "object"):
-        monkeypatch.delattr(np, name, raising=False)
+    for name in ("int", "float", "str", "object"):  # set, then delete: both undone after the test
+        monkeypatch.setattr(np, name, None, raising=False)
+        monkeypatch.delattr(np, name)
     assert not hasattr(np, "int")
     added = d2compat._fix_numpy_aliases()
     assert set(added) == {"int", "float", "str", "object"}

@@ -24,6 +24,9 @@ def test_pick_device_auto_is_usable():
     device = env.pick_device()
     torch.zeros(1, device=device)
     assert env.pick_device("cpu") == torch.device("cpu")
+    # "auto": CUDA, then Apple's MPS, then the CPU, as the lessons' DEVICE parameter says
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert device.type == expected
 
 
 def test_environment_report_names_versions_and_machine():

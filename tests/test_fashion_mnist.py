@@ -1,4 +1,5 @@
 import gzip
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,15 +44,24 @@ def test_missing_everywhere_says_how_to_get_it(tmp_path, monkeypatch):
 
 
 def test_project_folder_is_used_first(tmp_path, monkeypatch):
-    monkeypatch.setattr(fm, "SYSTEM_DIRS", ())
-    raw = fm.raw_dir(tmp_path)
+    system = tmp_path / "system"  # a system copy that must lose to the project's own folder
+    system.mkdir()
+    monkeypatch.setattr(fm, "SYSTEM_DIRS", (system,))
+    raw = fm.raw_dir(tmp_path / "project")
     raw.mkdir(parents=True)
-    for split, n in (("train", 6), ("test", 4)):
-        write_idx(raw / fm.FILES[split][0], np.full((n, 28, 28), 7))
-        write_idx(raw / fm.FILES[split][1], np.arange(n) % 10)
-    images, labels = fm.load_fashion_mnist(tmp_path, "test")
+    for folder, value in ((raw, 7), (system, 3)):
+        for split, n in (("train", 6), ("test", 4)):
+            write_idx(folder / fm.FILES[split][0], np.full((n, 28, 28), value))
+            write_idx(folder / fm.FILES[split][1], np.arange(n) % 10)
+    images, labels = fm.load_fashion_mnist(tmp_path / "project", "test")
     assert images.shape == (4, 28, 28) and labels.dtype == np.int64
-    assert fm.stratified_subset(np.repeat(np.arange(3), 5), per_class=2).shape == (6,)
+    assert (images == 7).all() and labels.tolist() == [0, 1, 2, 3]
+    images, _ = fm.load_fashion_mnist(tmp_path / "elsewhere", "test")  # no project copy: the system one
+    assert (images == 3).all()
+    labels = np.repeat(np.arange(3), 5)
+    subset = fm.stratified_subset(labels, per_class=2)
+    assert subset.shape == (6,) and len(set(subset.tolist())) == 6
+    assert np.bincount(labels[subset], minlength=3).tolist() == [2, 2, 2]
 
 
 def test_label_out_of_range_is_reported(tmp_path, monkeypatch):
@@ -86,3 +96,12 @@ def test_to_tensor_dataset_scales_and_standardises():
     np.testing.assert_allclose(x.numpy().ravel(), [(0 - fm.MEAN) / fm.STD, (1 - fm.MEAN) / fm.STD], rtol=1e-6)
     raw = fm.to_tensor_dataset(images, np.array([1, 2]), normalize=False)
     assert raw[0][0].max().item() == 1.0
+
+
+def test_mean_and_std_are_the_training_photos_own():
+    root = Path(__file__).resolve().parents[1] / "datasets"
+    if fm.find_fashion_mnist(root) is None:
+        pytest.skip("Fashion-MNIST not prepared (make data)")
+    images, _ = fm.load_fashion_mnist(root, "train")
+    pixels = images / 255.0
+    assert (fm.MEAN, fm.STD) == pytest.approx((pixels.mean(), pixels.std()), abs=1e-3)

@@ -93,6 +93,8 @@ def test_result_to_dict_converts_ultralytics_results():
     detect = _result_to_dict(SimpleNamespace(boxes=boxes, masks=None), (32, 40), segment=False)
     assert detect["labels"].tolist() == [3, 0] and detect["labels"].dtype == np.int64
     assert detect["boxes"].dtype == np.float32 and "masks" not in detect
+    assert detect["boxes"].tolist() == [[1, 2, 10, 20], [5, 5, 8, 9]]
+    assert detect["scores"].tolist() == pytest.approx([0.9, 0.2])
     segment = _result_to_dict(SimpleNamespace(boxes=boxes, masks=SimpleNamespace(data=masks)), (32, 40), segment=True)
     assert segment["masks"].dtype == bool and segment["masks"].shape == (2, 32, 40) and segment["masks"][0].sum() == 18 * 9
     empty = SimpleNamespace(xyxy=torch.zeros(0, 4), conf=torch.zeros(0), cls=torch.zeros(0))
@@ -175,6 +177,10 @@ def test_seg_head_outputs_are_what_ultralytics_predictor_post_processes(ultralyt
     mask = ops.process_mask(torch.from_numpy(out.protos), torch.from_numpy(out.coefficients[top:top + 1]), box,
                             (64, 64), upsample=True)[0].numpy().astype(bool)
     assert (mask == predicted["masks"][0]).mean() > 0.95
+    # agreement, not just shared background: the two masks overlap on what they mark
+    if mask.any() or predicted["masks"][0].any():
+        iou = (mask & predicted["masks"][0]).sum() / (mask | predicted["masks"][0]).sum()
+        assert iou > 0.9, iou
     with pytest.raises(ValueError, match="divisible by 32"):
         yolo_seg_outputs(model, image[:50])
     with pytest.raises(ValueError, match="segmentation model"):
