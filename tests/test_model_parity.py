@@ -35,11 +35,24 @@ def test_course_vit_equals_timm():
     missing, unexpected = ours.load_state_dict(reference.state_dict(), strict=True)
     assert not missing and not unexpected
     x = torch.randn(2, 3, 224, 224)
+    seen = {}
+    hook = reference.blocks[-1].register_forward_pre_hook(lambda module, args: seen.update(x=args[0]))
     with torch.no_grad():
         assert (ours(x) - reference(x)).abs().max().item() <= 1e-4
+    hook.remove()
+    # the class token's attention recomputed from timm's own last block: its norm1 and qkv layer
+    # applied to that block's input, softmax(q k^T / sqrt(d)), class-token row, mean over heads
+    attn = reference.blocks[-1].attn
+    with torch.no_grad():
+        qkv = attn.qkv(reference.blocks[-1].norm1(seen["x"]))
+    b, n, _ = qkv.shape
+    q, k, _ = qkv.reshape(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+    weights = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1)
+    expected = weights[:, :, 0, 1:].mean(1).reshape(2, 14, 14)
     attention = ours.class_token_attention()
     assert attention.shape == (2, 14, 14)
-    torch.testing.assert_close(attention.sum((1, 2)), torch.ones(2) - ours.blocks[-1].attn.last_weights[:, :, 0, 0].mean(1))
+    torch.testing.assert_close(attention, expected, atol=1e-5, rtol=1e-4)
+    assert attention.flatten(1).std(1).min() > 0  # not a flat map
 
 
 def test_plain_network_has_no_shortcut_but_the_same_layers():
