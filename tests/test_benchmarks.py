@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,3 +81,28 @@ def test_the_recorded_region_vote_is_the_one_the_lesson_points_to():
     per_pixel = by_name["per pixel (as predicted)"]
     assert by_name["one class per predicted region, 8-connected"] <= per_pixel
     assert per_pixel < by_name["one class per true object (needs the truth: a ceiling)"] < per_pixel + 0.1
+
+
+def test_unet_naming_trains_a_classifier_first_and_scores_the_validation_split(tmp_path):
+    out = tmp_path / "naming.json"
+    assert load("unet_naming").main(["--quick", "--crop", "64", "--enc-lr-mult", "0.1", "--data-dir",
+                                     str(ROOT / "datasets"), "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["split"] == "val" and record["scenes"] == 8 and record["settings"]["cls_steps"] == 2
+    assert record["settings"]["crop"] == 64 and record["settings"]["enc_lr_mult"] == 0.1
+    assert 0 <= record["classifier_val_crop_accuracy"] <= 1 and record["classifier_seconds"] > 0
+    assert 0 <= record["val_miou"] <= 1 and 0 <= record["object_vs_background_iou"] <= 1
+
+
+def test_unet_naming_crops_hold_each_object_with_its_class():
+    from cvhelpers.data.scenes import Scene
+
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[10:20, 30:50] = 200  # one bright object, 20 x 10 px
+    scene = Scene(image=image, boxes=np.array([[30, 10, 50, 20]], np.float32), labels=np.array([7]),
+                  masks=np.zeros((1, 40, 60), bool), file_name="a.png")
+    x, y = load("unet_naming").object_crops([scene], 32)
+    assert x.shape == (1, 3, 32, 32) and y.tolist() == [7]
+    # the square crop (23 px side, 15 % margin) centres the object: bright in the middle, dark above and below
+    middle, top = x[0, 0, 16, 16].item(), x[0, 0, 1, 16].item()
+    assert middle > top

@@ -277,7 +277,20 @@ def test_the_shared_steps_register_train_and_score_a_split_of_the_real_objects(t
     for task in ("bbox", "segm"):
         table, worst = evaluator_agreement(theirs, ours, bridge, task, CLASS_NAMES)
         assert worst <= 1e-6 and table[0][0] == "map50_95" and len(table) == 6 + len(CLASS_NAMES)
+        # judged here too, not only by the function under test: COCOEvaluator's own numbers
+        for key, d2_key in (("map50_95", "AP"), ("map50", "AP50"), ("map75", "AP75")):
+            assert theirs[task][d2_key] / 100 == pytest.approx(ours[task][key], abs=1e-6)
+            assert bridge[task][key] == pytest.approx(ours[task][key], abs=1e-6)
+        for class_name in CLASS_NAMES:
+            d2, mine = theirs[task][f"AP-{class_name}"] / 100, ours[task]["per_class_ap50_95"][class_name]
+            assert np.isnan(d2) == np.isnan(mine) and (np.isnan(d2) or d2 == pytest.approx(mine, abs=1e-6))
+        assert dict((row[0], row[1]) for row in table)["map50"] == pytest.approx(theirs[task]["AP50"] / 100)
     with pytest.raises(ValueError, match="4 registered images but 3 samples"):
         score_predictor(predictor, test_name, test[:3], CLASS_NAMES)
-    broken = {"bbox": dict(theirs["bbox"], **{f"AP-{CLASS_NAMES[0]}": 50.0})}
-    assert evaluator_agreement(broken, ours, bridge, "bbox", CLASS_NAMES)[1] > 1e-6  # a disagreement shows
+    scored = next(n for n in CLASS_NAMES if not np.isnan(ours["bbox"]["per_class_ap50_95"][n]))
+    broken = {"bbox": dict(theirs["bbox"], **{f"AP-{scored}": 50.0})}
+    assert evaluator_agreement(broken, ours, bridge, "bbox", CLASS_NAMES)[1] == pytest.approx(
+        abs(0.5 - ours["bbox"]["per_class_ap50_95"][scored]))  # a disagreement shows, by its size
+    one_sided = {"bbox": dict(theirs["bbox"], **{f"AP-{scored}": float("nan")})}
+    assert evaluator_agreement(one_sided, ours, bridge, "bbox", CLASS_NAMES)[1] == float("inf")
+    assert evaluator_agreement({}, ours, bridge, "bbox", CLASS_NAMES)[1] == float("inf")  # nothing scored

@@ -127,7 +127,12 @@ def test_every_format_matches_eager_and_core_ml_keeps_its_metadata(tmp_path):
         entry = report["formats"][name]
         assert entry["ran"], entry
         assert entry["size_bytes"] < 0.5 * report["formats"][name.replace("int8", "fp32")]["size_bytes"]
-        assert np.abs(entry["outputs"] - eager).max() < 0.5 * np.abs(eager).max()  # quantised, not broken
+        # quantised, not broken: measured 2.6 % of the largest logit at most, correlation 0.9997, and
+        # 11 or 12 of 12 top classes kept (2026-12-08); the bounds leave room for other runtimes' rounding
+        outputs = np.asarray(entry["outputs"])
+        assert np.abs(outputs - eager).max() < 0.1 * np.abs(eager).max(), name
+        assert np.corrcoef(outputs.ravel(), eager.ravel())[0, 1] > 0.99, name
+        assert (outputs.argmax(1) == eager.argmax(1)).mean() >= 0.75, name
     coreml = report["formats"]["coreml"]
     assert coreml["ran"] is False and "macOS" in coreml["note"]
     assert list(coreml["input_shapes"].values()) == [[1, 1, 28, 28]]
