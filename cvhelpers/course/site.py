@@ -93,8 +93,8 @@ def course_index(lessons: list[Lesson], results: dict[str, Any], gpu_results: di
              "A Jupyter-first computer-vision course that runs offline on a laptop CPU. Work through "
              "the notebooks in order; each one lists the questions it answers, what you will learn, "
              "what you need first, and how long it took to run.", "",
-             f"{machines_paragraph(lessons, results)}. GPU times appear where a GPU run was recorded. See [Results](results.md), [Recipes](recipes.md), "
-             "[Setup](setup.md) and [Teaching](teaching.md).", "",
+             f"{machines_paragraph(lessons, results)}. GPU times appear where a GPU run was recorded. "
+             "See [Results](results.md), [Recipes](recipes.md), [Setup](setup.md) and [Teaching](teaching.md).", "",
              "| # | notebook | CPU run time | GPU run time | teaching + exercises |",
              "| --- | --- | ---: | ---: | ---: |"]
     for lesson in lessons:
@@ -137,8 +137,8 @@ def recipes_index(notebooks: list[nbformat.NotebookNode], names: list[str]) -> s
 
 def teaching_plans(lessons: list[Lesson], results: dict[str, Any]) -> str:
     """Workshop plans (Markdown) computed from the measured run times in ``results``."""
-    timed = [(lesson.title, lesson_minutes(lesson, notebook_times(lesson.notebook, results, None)["cpu_s"]))
-             for lesson in lessons]
+    times_of = {lesson.notebook: notebook_times(lesson.notebook, results, None) for lesson in lessons}
+    timed = [(lesson.title, lesson_minutes(lesson, times_of[lesson.notebook]["cpu_s"])) for lesson in lessons]
     unmeasured = [title for title, minutes in timed if minutes is None]
     lines = ["", "## Plans from the measured run times", "",
              f"Computed when this site was built, from the {results.get('profile')} profile's run times "
@@ -148,10 +148,10 @@ def teaching_plans(lessons: list[Lesson], results: dict[str, Any]) -> str:
         lines += ["", "Not measured, so left out: " + ", ".join(unmeasured) + "."]
     long_runs = []
     for lesson in lessons:
-        times = notebook_times(lesson.notebook, results, None)
+        times = times_of[lesson.notebook]
         if times["cpu_s"] is not None and times["cpu_s"] > LONG_RUN_S:
-            where = machine_label(times["cpu_machine"], cores=True)
-            long_runs.append(f"{lesson.title}: {_minutes(times['cpu_s'])} ({where})")
+            long_runs.append(f"{lesson.title}: {_minutes(times['cpu_s'])} "
+                             f"({machine_label(times['cpu_machine'], cores=True)})")
     if long_runs:
         lines += ["", f"**Runs longer than {LONG_RUN_S // 60} minutes** in this profile, each mostly training "
                   "sized to reach the lesson's recorded target or to match the run it is compared with. In a room, "
